@@ -1,0 +1,6 @@
+//! The one integration-test crate. Modules that need a Kubernetes API server
+//! use the real control plane started by `scripts/control-plane up` (the test
+//! command `scripts/test` does that) and fail, never skip, when it is missing.
+
+mod control_plane_smoke;
+mod support;

@@ -1,0 +1,87 @@
+//! Shared helpers: a client for the real control plane and a temporary
+//! namespace per test, deleted afterwards even when the test fails.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+const HOW_TO_START: &str = "start the control plane with `scripts/control-plane up` and \
+     `eval \"$(scripts/control-plane env)\"`, or run everything with `scripts/test`";
+
+/// A client for the control plane named by `KUBECONFIG`. Panics with
+/// instructions when it is not set or the API server does not answer: a test
+/// that needs the control plane never passes without one.
+pub async fn client() -> Client {
+    let path = std::env::var_os("KUBECONFIG")
+        .unwrap_or_else(|| panic!("KUBECONFIG is not set: {HOW_TO_START}"));
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read KUBECONFIG {}: {e}; {HOW_TO_START}",
+            path.to_string_lossy()
+        )
+    });
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("invalid KUBECONFIG: {e}; {HOW_TO_START}"));
+    let client = Client::try_from(config).expect("client from kubeconfig");
+    if let Err(e) = client.apiserver_version().await {
+        panic!("the API server in KUBECONFIG does not answer ({e}): {HOW_TO_START}");
+    }
+    client
+}
+
+/// Runs `body` in a fresh namespace whose name starts with `prefix`, then
+/// deletes the namespace, also when `body` panics (the panic is re-raised).
+pub async fn with_namespace<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let client = client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.generate_name = Some(format!("{prefix}-"));
+    ns.metadata.labels =
+        Some([("oauth-token-operator.test/temporary".into(), "true".into())].into());
+    let created = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create temporary namespace");
+    let name = created.metadata.name.expect("generated namespace name");
+
+    let outcome = AssertUnwindSafe(body(client.clone(), name.clone()))
+        .catch_unwind()
+        .await;
+
+    if let Err(e) = namespaces.delete(&name, &DeleteParams::default()).await {
+        eprintln!("warning: could not delete temporary namespace {name}: {e}");
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after
+/// `limit` with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
