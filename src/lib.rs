@@ -1,6 +1,26 @@
 //! oauth-token-operator keeps OAuth access tokens fresh in Kubernetes Secrets.
 //!
-//! The controller, the `OAuthCredential` resource and the token client live in
-//! this library; the `oauth-token-operator` binary wires them together.
+//! Where things live:
+//! - `resource`: the `OAuthCredential` custom resource (spec, status, CRD).
+//! - `schedule`: when to refresh and how long to back off (pure).
+//! - `decision`: whether to call the token endpoint now (pure).
+//! - `classify`: what a token endpoint's answer means (pure).
+//! - `status`: the status and events an outcome calls for (pure).
+//! - `output_secret`: the Secret workloads mount, and whether it is ours (pure).
+//! - `token_client`: the HTTP call to the token endpoint.
+//! - `references`: which credentials name a given Secret.
+//! - `controller`: watches, caches and the reconcile loop that ties it together.
+//! - `cli`: subcommands and flags; `tls`: the process-wide rustls provider.
 #![forbid(unsafe_code)]
 
+pub mod classify;
+pub mod cli;
+pub mod controller;
+pub mod decision;
+pub mod output_secret;
+pub mod references;
+pub mod resource;
+pub mod schedule;
+pub mod status;
+pub mod tls;
+pub mod token_client;

@@ -3,4 +3,7 @@
 //! command `scripts/test` does that) and fail, never skip, when it is missing.
 
 mod control_plane_smoke;
+mod crd;
+mod operator;
 mod support;
+mod token_client;

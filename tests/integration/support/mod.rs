@@ -1,6 +1,10 @@
 //! Shared helpers: a client for the real control plane and a temporary
 //! namespace per test, deleted afterwards even when the test fails.
 
+pub mod fixtures;
+pub mod operator;
+pub mod token_server;
+
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;

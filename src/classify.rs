@@ -1,0 +1,528 @@
+//! What a token endpoint's answer means (DESIGN §4): success, a failure only a
+//! person can fix, a configuration failure, or a transient one.
+//!
+//! Pure: it sees the HTTP status, a few headers and the body that the token
+//! client read, never the network. Nothing it returns contains a token or a
+//! raw body; provider error fields are kept, trimmed and stripped of control
+//! characters, because status and events show them to people.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Lifetime assumed when a successful answer has no `expires_in` (it is only
+/// RECOMMENDED by RFC 6749 §5.1). Short enough to be safe, long enough not to
+/// hammer the provider.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Provider error text longer than this is cut.
+const MAX_ERROR_TEXT: usize = 256;
+
+/// A successful refresh. Token values are wrapped so that they never print.
+#[derive(Debug)]
+pub struct Token {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub expires_in: Duration,
+    /// `true` when the answer had no `expires_in` and `DEFAULT_LIFETIME` was assumed.
+    pub lifetime_assumed: bool,
+    /// Space-separated scopes, when the provider reported them.
+    pub scope: Option<String>,
+    /// A new refresh token (rotation). Must be persisted before anything else.
+    pub refresh_token: Option<SecretString>,
+}
+
+/// The provider's error fields (RFC 6749 §5.2, plus Google's `error_subtype`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProviderError {
+    pub error: Option<String>,
+    pub description: Option<String>,
+    pub subtype: Option<String>,
+}
+
+/// Who can fix a failed refresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// `invalid_grant`: the refresh token is revoked or expired. Only new
+    /// consent helps; the provider is not called again until the refresh-token
+    /// Secret or the spec changes.
+    NeedsReauth,
+    /// The client or the request is wrong (`invalid_client`, `invalid_scope`,
+    /// ...). Re-consenting does not help; fixing the client Secret or the spec does.
+    Configuration,
+    /// Worth retrying with backoff: rate limits, server errors, network
+    /// errors, malformed answers.
+    Transient,
+}
+
+/// Why a refresh failed. Holds no token and no response body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub class: FailureClass,
+    /// The CamelCase reason used in conditions, events and metrics. A fixed,
+    /// small set: safe as a metric label.
+    pub reason: &'static str,
+    /// What went wrong, in our words, for transient failures.
+    pub detail: &'static str,
+    /// Boxed: failures travel in `Result`s and should stay small.
+    pub provider: Box<ProviderError>,
+    pub http_status: Option<u16>,
+    /// How long the provider asked us to wait.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn new(
+        class: FailureClass,
+        reason: &'static str,
+        detail: &'static str,
+        http_status: Option<u16>,
+    ) -> Self {
+        Self {
+            class,
+            reason,
+            detail,
+            provider: Box::default(),
+            http_status,
+            retry_after: None,
+        }
+    }
+
+    /// A sentence for a person: what happened and what to do.
+    pub fn message(&self) -> String {
+        let provider = self.provider.summary();
+        let status = self
+            .http_status
+            .map(|code| format!("HTTP {code}, "))
+            .unwrap_or_default();
+        match self.class {
+            FailureClass::NeedsReauth => format!(
+                "the provider rejected the refresh token ({status}{provider}): it was revoked or has expired; \
+                 grant consent again, for example with `oauth-token-operator authorize`, to store a new refresh token"
+            ),
+            FailureClass::Configuration => format!(
+                "the token endpoint rejected the client or the request ({status}{provider}); \
+                 fix the client Secret or the credential's spec: new consent will not help"
+            ),
+            FailureClass::Transient => {
+                let mut message = self.detail.to_string();
+                if let Some(code) = self.http_status {
+                    message.push_str(&format!(" (HTTP {code}"));
+                    if self.provider.error.is_some() {
+                        message.push_str(&format!(", {provider}"));
+                    }
+                    message.push(')');
+                }
+                message.push_str("; retrying with backoff");
+                message
+            }
+        }
+    }
+}
+
+impl ProviderError {
+    /// `error: description [subtype]`, or "no error code" when the provider
+    /// sent none.
+    pub fn summary(&self) -> String {
+        let mut text = self.error.clone().unwrap_or_else(|| "no error code".into());
+        if let Some(description) = &self.description {
+            text.push_str(": ");
+            text.push_str(description);
+        }
+        if let Some(subtype) = &self.subtype {
+            text.push_str(&format!(" [{subtype}]"));
+        }
+        text
+    }
+}
+
+/// What the token endpoint answered, as read by the token client.
+pub struct Answer<'a> {
+    pub status: u16,
+    /// The raw `Retry-After` header, if any.
+    pub retry_after: Option<&'a str>,
+    pub body: &'a [u8],
+    /// The body was cut at the size cap.
+    pub truncated: bool,
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+    refresh_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    error: Option<serde_json::Value>,
+    error_description: Option<serde_json::Value>,
+    error_subtype: Option<serde_json::Value>,
+}
+
+/// Classifies a complete HTTP answer from the token endpoint.
+pub fn classify(answer: &Answer<'_>, now: Timestamp) -> Result<Token, Failure> {
+    use FailureClass::{Configuration, NeedsReauth, Transient};
+    let status = answer.status;
+    let retry_after = answer.retry_after.and_then(|v| parse_retry_after(v, now));
+    let with_retry_after = |mut failure: Failure| {
+        failure.retry_after = retry_after;
+        failure
+    };
+    if answer.truncated {
+        let detail = "the token endpoint's answer exceeded the size limit";
+        return Err(with_retry_after(Failure::new(
+            Transient,
+            "ResponseTooLarge",
+            detail,
+            Some(status),
+        )));
+    }
+    if status == 200 {
+        return parse_success(answer.body).map_err(|detail| {
+            with_retry_after(Failure::new(
+                Transient,
+                "MalformedResponse",
+                detail,
+                Some(200),
+            ))
+        });
+    }
+    let provider = parse_error(answer.body);
+    // The provider's own word decides first: invalid_grant needs a person
+    // whatever the HTTP status, and "temporarily unavailable" is transient.
+    let (class, reason, detail) = match provider.error.as_deref().unwrap_or("") {
+        "invalid_grant" => (NeedsReauth, "InvalidGrant", ""),
+        "temporarily_unavailable" | "server_error" | "internal_failure" | "slow_down" => (
+            Transient,
+            "ProviderUnavailable",
+            "the token endpoint is temporarily unavailable",
+        ),
+        "invalid_client" | "unauthorized_client" | "deleted_client" => {
+            (Configuration, "InvalidClient", "")
+        }
+        "invalid_scope" | "admin_policy_enforced" => (Configuration, "InvalidScope", ""),
+        "invalid_request" | "unsupported_grant_type" => (Configuration, "InvalidRequest", ""),
+        _ => match status {
+            429 => (
+                Transient,
+                "RateLimited",
+                "the token endpoint is rate limiting",
+            ),
+            // Google has answered throttling with 403 and an HTML page.
+            403 if provider.error.is_none() => (
+                Transient,
+                "RateLimited",
+                "the token endpoint refused the request without an OAuth error (possibly throttling)",
+            ),
+            408 | 500..=599 => (
+                Transient,
+                "ProviderUnavailable",
+                "the token endpoint failed",
+            ),
+            401 => (Configuration, "InvalidClient", ""),
+            400..=499 => (Configuration, "TokenRequestRejected", ""),
+            _ => (
+                Transient,
+                "UnexpectedResponse",
+                "the token endpoint gave an unexpected answer",
+            ),
+        },
+    };
+    let mut failure = with_retry_after(Failure::new(class, reason, detail, Some(status)));
+    failure.provider = Box::new(provider);
+    Err(failure)
+}
+
+fn parse_success(body: &[u8]) -> Result<Token, &'static str> {
+    let parsed: SuccessBody = serde_json::from_slice(body)
+        .map_err(|_| "the token endpoint's success answer is not a JSON object")?;
+    let access_token = parsed
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or("the token endpoint's answer has no access_token")?;
+    let (expires_in, lifetime_assumed) = match parsed.expires_in {
+        None | Some(serde_json::Value::Null) => (DEFAULT_LIFETIME, true),
+        Some(value) => (
+            parse_expires_in(&value)
+                .ok_or("the token endpoint's expires_in is not a positive number of seconds")?,
+            false,
+        ),
+    };
+    Ok(Token {
+        access_token: SecretString::from(access_token),
+        token_type: parsed.token_type.unwrap_or_else(|| "Bearer".into()),
+        expires_in,
+        lifetime_assumed,
+        scope: parsed.scope.filter(|s| !s.trim().is_empty()),
+        refresh_token: parsed
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from),
+    })
+}
+
+/// `expires_in` as a number, or (as some providers send it) a numeric string.
+fn parse_expires_in(value: &serde_json::Value) -> Option<Duration> {
+    let seconds = match value {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?,
+        serde_json::Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    (seconds > 0 && seconds <= 10 * 365 * 24 * 3600).then(|| Duration::from_secs(seconds))
+}
+
+fn parse_error(body: &[u8]) -> ProviderError {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    ProviderError {
+        error: parsed.error.as_ref().and_then(clean_text),
+        description: parsed.error_description.as_ref().and_then(clean_text),
+        subtype: parsed.error_subtype.as_ref().and_then(clean_text),
+    }
+}
+
+/// Keeps provider text printable and short. Only strings are accepted: a
+/// nested object is not something to show a person.
+fn clean_text(value: &serde_json::Value) -> Option<String> {
+    let text = value.as_str()?;
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_ERROR_TEXT)
+        .collect();
+    let cleaned = cleaned.trim().to_string();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = k8s_openapi::jiff::fmt::rfc2822::parse(value)
+        .ok()?
+        .timestamp();
+    let wait = date.duration_since(now);
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-11-21T19:00:00Z".parse().unwrap()
+    }
+
+    fn answer(status: u16, body: &str) -> Result<Token, Failure> {
+        classify(
+            &Answer {
+                status,
+                retry_after: None,
+                body: body.as_bytes(),
+                truncated: false,
+            },
+            now(),
+        )
+    }
+
+    #[test]
+    fn a_success_yields_the_token_and_its_lifetime() {
+        let token = answer(200, r#"{"access_token":"ya29.a","expires_in":3599,"scope":"s1 s2","token_type":"Bearer","id_token":"x"}"#)
+            .unwrap();
+        assert_eq!(token.access_token.expose_secret(), "ya29.a");
+        assert_eq!(token.expires_in, Duration::from_secs(3599));
+        assert_eq!(token.scope.as_deref(), Some("s1 s2"));
+        assert!(token.refresh_token.is_none());
+        assert!(!token.lifetime_assumed);
+    }
+
+    #[test]
+    fn a_success_with_a_refresh_token_is_a_rotation() {
+        let token = answer(
+            200,
+            r#"{"access_token":"a","expires_in":"60","refresh_token":"r2"}"#,
+        )
+        .unwrap();
+        assert_eq!(token.refresh_token.unwrap().expose_secret(), "r2");
+        assert_eq!(token.expires_in, Duration::from_secs(60));
+        assert_eq!(token.token_type, "Bearer");
+    }
+
+    #[test]
+    fn a_success_without_expires_in_assumes_an_hour() {
+        let token = answer(200, r#"{"access_token":"a"}"#).unwrap();
+        assert_eq!(token.expires_in, DEFAULT_LIFETIME);
+        assert!(token.lifetime_assumed);
+    }
+
+    #[test]
+    fn a_malformed_success_is_transient() {
+        for body in [
+            "<html>ok</html>",
+            "{}",
+            r#"{"access_token":""}"#,
+            r#"{"access_token":"a","expires_in":-5}"#,
+            r#"{"access_token":"a","expires_in":{}}"#,
+        ] {
+            let failure = answer(200, body).unwrap_err();
+            assert_eq!(failure.reason, "MalformedResponse", "{body}");
+            assert!(
+                !failure.message().contains("access_token\":\"a"),
+                "no body in messages"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_grant_needs_reauth_whatever_its_description_or_subtype() {
+        for body in [
+            r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+            r#"{"error":"invalid_grant","error_description":"Bad Request"}"#,
+            r#"{"error":"invalid_grant","error_subtype":"invalid_rapt"}"#,
+            r#"{"error":"invalid_grant","error_subtype":"rapt_required"}"#,
+        ] {
+            let failure = answer(400, body).unwrap_err();
+            assert_eq!(failure.class, FailureClass::NeedsReauth, "{body}");
+            assert_eq!(failure.reason, "InvalidGrant");
+        }
+        let failure = answer(
+            400,
+            r#"{"error":"invalid_grant","error_subtype":"invalid_rapt"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(failure.provider.subtype.as_deref(), Some("invalid_rapt"));
+        assert!(
+            failure.message().contains("invalid_grant [invalid_rapt]"),
+            "{}",
+            failure.message()
+        );
+    }
+
+    #[test]
+    fn client_and_request_errors_are_configuration_failures() {
+        let cases = [
+            (401, "invalid_client", "InvalidClient"),
+            (401, "unauthorized_client", "InvalidClient"),
+            (401, "deleted_client", "InvalidClient"),
+            (400, "invalid_scope", "InvalidScope"),
+            (400, "admin_policy_enforced", "InvalidScope"),
+            (400, "invalid_request", "InvalidRequest"),
+            (400, "unsupported_grant_type", "InvalidRequest"),
+        ];
+        for (status, error, reason) in cases {
+            let failure = answer(
+                status,
+                &format!(r#"{{"error":"{error}","error_description":"d"}}"#),
+            )
+            .unwrap_err();
+            assert_eq!(failure.class, FailureClass::Configuration, "{error}");
+            assert_eq!(failure.reason, reason, "{error}");
+            assert!(
+                !failure.message().contains("oauth-token-operator authorize"),
+                "configuration errors do not send people to re-consent"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limits_server_errors_and_timeouts_are_transient() {
+        for status in [429, 408, 500, 502, 503, 504] {
+            let failure = answer(status, "").unwrap_err();
+            assert_eq!(failure.class, FailureClass::Transient, "{status}");
+        }
+        assert_eq!(answer(429, "").unwrap_err().reason, "RateLimited");
+        assert_eq!(
+            answer(503, "<html>Service Unavailable</html>")
+                .unwrap_err()
+                .reason,
+            "ProviderUnavailable"
+        );
+        assert_eq!(
+            answer(403, "<html>Rate Limit Exceeded</html>")
+                .unwrap_err()
+                .reason,
+            "RateLimited"
+        );
+        assert_eq!(
+            answer(400, r#"{"error":"temporarily_unavailable"}"#)
+                .unwrap_err()
+                .reason,
+            "ProviderUnavailable"
+        );
+    }
+
+    #[test]
+    fn an_unknown_client_error_is_a_configuration_failure() {
+        let failure = answer(400, r#"{"error":"something_new"}"#).unwrap_err();
+        assert_eq!(failure.reason, "TokenRequestRejected");
+        assert_eq!(
+            answer(401, "Unauthorized").unwrap_err().reason,
+            "InvalidClient"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        assert_eq!(
+            parse_retry_after("120", now()),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 21 Nov 2026 19:01:30 GMT", now()),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 21 Nov 2026 18:00:00 GMT", now()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now()), None);
+        let failure = classify(
+            &Answer {
+                status: 429,
+                retry_after: Some("30"),
+                body: b"",
+                truncated: false,
+            },
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn an_oversized_answer_is_transient_even_when_it_says_200() {
+        let failure = classify(
+            &Answer {
+                status: 200,
+                retry_after: None,
+                body: b"{",
+                truncated: true,
+            },
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(failure.reason, "ResponseTooLarge");
+    }
+
+    #[test]
+    fn provider_text_is_cleaned_and_cut() {
+        let long = "x".repeat(1000);
+        let failure = answer(
+            400,
+            &format!(r#"{{"error":"invalid_grant","error_description":"line1\nline2 {long}"}}"#),
+        )
+        .unwrap_err();
+        let description = failure.provider.description.clone().unwrap();
+        assert!(!description.contains('\n'));
+        assert!(description.len() <= MAX_ERROR_TEXT);
+    }
+}

@@ -1,0 +1,771 @@
+//! The reconcile loop: gathers what a credential needs, asks `decision` what
+//! to do, calls the token endpoint when due, and writes the output Secret and
+//! the status.
+//!
+//! Watches and caches are sized for tens of thousands of credentials: the
+//! credentials themselves (managedFields stripped), the metadata of the output
+//! Secrets this operator labels, and a metadata-only, uncached watch of other
+//! Secrets that is mapped through `references` to the credentials naming them.
+//! No Secret data is cached; Secret data is read only to refresh.
+//!
+//! Writes: an idle reconcile writes nothing; a refresh writes the output
+//! Secret and the status, plus the refresh-token Secret when the provider
+//! rotated it (that one first, under a resourceVersion precondition).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config as RuntimeConfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::classify::FailureClass;
+use crate::decision::{self, OutputSecret, Plan, RefreshReason, View};
+use crate::output_secret::{self, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::references::SecretReferences;
+use crate::resource::{
+    ClientSecretRef, FORCE_REFRESH_ANNOTATION, FailureCategory, Inputs, OAuthCredential,
+    OAuthCredentialStatus,
+};
+use crate::schedule::{self, BackoffClass};
+use crate::status::{self, Failed, Success, reason};
+use crate::token_client::{ClientCredentials, TokenClient, TokenClientConfig, TokenEndpoint};
+
+/// Field manager of every write, and the event reporter.
+pub const FIELD_MANAGER: &str = "oauth-token-operator";
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Reconciles (and so token-endpoint calls) in flight at once.
+    pub concurrency: u16,
+    /// Watch one namespace only; all namespaces when `None`.
+    pub watch_namespace: Option<String>,
+    pub token_client: TokenClientConfig,
+    /// Name of this instance in events (pod name in a cluster).
+    pub instance: Option<String>,
+}
+
+/// Everything a reconcile needs. Built once, shared.
+pub struct Context {
+    client: Client,
+    tokens: TokenClient,
+    recorder: Recorder,
+    credentials: Store<OAuthCredential>,
+    owned_secrets: Store<PartialObjectMeta<Secret>>,
+    allow_insecure_loopback_http: bool,
+    clock: fn() -> Timestamp,
+    /// Status we wrote that the credential cache may not show yet.
+    written: Mutex<HashMap<ObjectRef<OAuthCredential>, OAuthCredentialStatus>>,
+}
+
+/// A reconcile that could not finish; retried by `error_policy`. Carries no
+/// secret: Kubernetes API errors name objects, never Secret data.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the rotated refresh token could not be stored after {0} conflicting writes")]
+    RotationNotStored(u32),
+}
+
+impl Error {
+    /// A fixed, small set, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kubernetes-api",
+            Error::RotationNotStored(_) => "rotation-conflict",
+        }
+    }
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    // `Api<PartialObjectMeta<_>>` requests metadata only: no Secret data
+    // crosses the wire for these watches.
+    let (credentials_api, secrets_api): (Api<OAuthCredential>, Api<PartialObjectMeta<Secret>>) =
+        match &config.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let references = SecretReferences::default();
+
+    let (credentials, credentials_writer) = reflector::store();
+    let index = references.clone();
+    let credential_stream = watcher(credentials_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip_cached_fields)
+        .inspect_ok(move |event| index.observe(event))
+        .reflect(credentials_writer)
+        .applied_objects();
+
+    let (owned_secrets, owned_writer) = reflector::store();
+    let owned_stream = watcher(
+        secrets_api.clone(),
+        watcher::Config::default()
+            .labels(&output_secret::owned_selector())
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(strip_cached_fields)
+    .reflect(owned_writer)
+    .touched_objects();
+
+    // Every other Secret's metadata streams through without being stored.
+    let referenced_stream = watcher(secrets_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+
+    let tokens = TokenClient::new(&config.token_client).expect("the token HTTP client builds");
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: config.instance.clone(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        tokens,
+        recorder: Recorder::new(client, reporter),
+        credentials: credentials.clone(),
+        owned_secrets,
+        allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
+        clock: Timestamp::now,
+        written: Mutex::new(HashMap::new()),
+    });
+
+    Controller::for_stream(credential_stream, credentials)
+        .owns_stream(owned_stream)
+        .watches_stream(
+            referenced_stream,
+            move |secret: PartialObjectMeta<Secret>| {
+                let ours = secret
+                    .labels()
+                    .get(MANAGED_BY_LABEL)
+                    .is_some_and(|v| v == MANAGED_BY);
+                match (ours, secret.namespace()) {
+                    (false, Some(ns)) => references.credentials_for(&ns, &secret.name_any()),
+                    _ => Vec::new(),
+                }
+            },
+        )
+        .with_config(RuntimeConfig::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "controller event");
+            }
+        })
+        .await;
+}
+
+/// Cached copies keep only what reconciles read.
+fn strip_cached_fields<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+fn error_policy(credential: Arc<OAuthCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(
+        namespace = credential.namespace().unwrap_or_default(),
+        name = credential.name_any(),
+        category = error.category(),
+        %error,
+        "reconcile failed; retrying"
+    );
+    let jitter = schedule::unit_interval(&format!(
+        "{}{}",
+        credential.name_any(),
+        Timestamp::now().as_millisecond()
+    ));
+    Action::requeue(Duration::from_millis(5_000 + (jitter * 5_000.0) as u64))
+}
+
+/// One reconcile of one credential.
+pub async fn reconcile(
+    credential: Arc<OAuthCredential>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    ctx.owned_secrets.wait_until_ready().await.ok();
+    let credential = ctx.current(credential).await;
+    let now = ctx.now();
+    let output = ctx.output_secret(&credential).await?;
+    let status = credential.status.as_ref();
+    let generation = credential.metadata.generation.unwrap_or(0);
+    let force_refresh = credential
+        .annotations()
+        .get(FORCE_REFRESH_ANNOTATION)
+        .map(String::as_str);
+    let plan = decision::decide(
+        &View {
+            generation,
+            status,
+            force_refresh,
+            output,
+        },
+        now,
+    );
+    debug!(
+        namespace = credential.namespace(),
+        name = credential.name_any(),
+        ?plan,
+        "decided"
+    );
+    match plan {
+        Plan::Conflict => {
+            let desired = status::after_conflict(
+                status,
+                now,
+                generation,
+                &credential.spec.output.secret_name,
+            );
+            ctx.write_status(&credential, desired).await?;
+            // The Secret watch reconciles again when the foreign Secret goes.
+            Ok(Action::await_change())
+        }
+        Plan::WaitUntil(at) => ctx.settle(&credential, now, Some(at)).await,
+        Plan::RefreshIfInputsChanged { since, retry_at } => {
+            let inputs = ctx.input_versions(&credential).await?;
+            if inputs != since {
+                ctx.refresh(&credential, output, RefreshReason::InputsChanged)
+                    .await
+            } else {
+                ctx.settle(&credential, now, retry_at).await
+            }
+        }
+        Plan::Refresh(reason) => ctx.refresh(&credential, output, reason).await,
+    }
+}
+
+impl Context {
+    /// The current time in whole seconds: status stores whole seconds, and a
+    /// status rebuilt from the same facts must compare equal to the stored one.
+    fn now(&self) -> Timestamp {
+        schedule::whole_seconds((self.clock)())
+    }
+
+    /// The credential as of our last status write: the cache may lag behind
+    /// our own write, and deciding from a stale status would refresh twice.
+    async fn current(&self, credential: Arc<OAuthCredential>) -> Arc<OAuthCredential> {
+        let key = ObjectRef::from_obj(credential.as_ref());
+        let expected = self.written.lock().expect("lock").get(&key).cloned();
+        let Some(expected) = expected else {
+            return credential;
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut latest = credential;
+        loop {
+            if latest.status.as_ref() == Some(&expected) || Instant::now() >= deadline {
+                self.written.lock().expect("lock").remove(&key);
+                return latest;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(cached) = self.credentials.get(&key) {
+                latest = cached;
+            }
+        }
+    }
+
+    /// Ours, someone else's, or absent. The cache answers for Secrets we
+    /// labelled; anything else is looked up, because a foreign Secret carries
+    /// no label of ours.
+    async fn output_secret(&self, credential: &OAuthCredential) -> Result<OutputSecret, Error> {
+        let ns = credential.namespace().unwrap_or_default();
+        let name = &credential.spec.output.secret_name;
+        if let Some(cached) = self.owned_secrets.get(&ObjectRef::new(name).within(&ns)) {
+            return Ok(output_secret::ownership(Some(&cached.metadata), credential));
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let found = secrets
+            .get_metadata_opt(name)
+            .await
+            .map_err(kube_err("read output Secret metadata"))?;
+        Ok(output_secret::ownership(
+            found.as_ref().map(|s| &s.metadata),
+            credential,
+        ))
+    }
+
+    /// Versions of the inputs, read from metadata only.
+    async fn input_versions(&self, credential: &OAuthCredential) -> Result<Inputs, Error> {
+        let secrets: Api<Secret> = Api::namespaced(
+            self.client.clone(),
+            &credential.namespace().unwrap_or_default(),
+        );
+        let client = secrets
+            .get_metadata_opt(&credential.spec.client_secret_ref.name)
+            .await
+            .map_err(kube_err("read client Secret metadata"))?;
+        let refresh = secrets
+            .get_metadata_opt(&credential.spec.refresh_token_secret_ref.name)
+            .await
+            .map_err(kube_err("read refresh-token Secret metadata"))?;
+        Ok(Inputs {
+            generation: credential.metadata.generation.unwrap_or(0),
+            client_secret_version: client
+                .and_then(|s| s.metadata.resource_version)
+                .unwrap_or_default(),
+            refresh_token_secret_version: refresh
+                .and_then(|s| s.metadata.resource_version)
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Nothing to call: bring the status up to date with the clock (a token
+    /// may have expired) and sleep until the next thing that can happen.
+    async fn settle(
+        &self,
+        credential: &OAuthCredential,
+        now: Timestamp,
+        wake: Option<Timestamp>,
+    ) -> Result<Action, Error> {
+        let generation = credential.metadata.generation.unwrap_or(0);
+        let desired = credential
+            .status
+            .as_ref()
+            .map(|s| status::at_time(s, now, generation));
+        let next_change = desired
+            .as_ref()
+            .and_then(|s| status::next_status_change(s, now));
+        if let Some(desired) = desired {
+            self.write_status(credential, desired).await?;
+        }
+        Ok(requeue_at(
+            [wake, next_change].into_iter().flatten().min(),
+            now,
+        ))
+    }
+
+    async fn refresh(
+        &self,
+        credential: &OAuthCredential,
+        output: OutputSecret,
+        why: RefreshReason,
+    ) -> Result<Action, Error> {
+        let ns = credential.namespace().unwrap_or_default();
+        let name = credential.name_any();
+        let spec = &credential.spec;
+        let generation = credential.metadata.generation.unwrap_or(0);
+        let old = credential.status.as_ref();
+        let forced = credential
+            .annotations()
+            .get(FORCE_REFRESH_ANNOTATION)
+            .map(String::as_str)
+            .filter(|v| old.and_then(|s| s.last_forced_refresh.as_deref()) != Some(*v));
+        let seed = format!("{}/{}", credential.uid().unwrap_or_default(), generation);
+
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let client_secret = secrets
+            .get_opt(&spec.client_secret_ref.name)
+            .await
+            .map_err(kube_err("read client Secret"))?;
+        let refresh_secret = secrets
+            .get_opt(&spec.refresh_token_secret_ref.name)
+            .await
+            .map_err(kube_err("read refresh-token Secret"))?;
+        let inputs = Inputs {
+            generation,
+            client_secret_version: version_of(client_secret.as_ref()),
+            refresh_token_secret_version: version_of(refresh_secret.as_ref()),
+        };
+        let now = self.now();
+        let attempts = status::failed_attempts_after_failure(old, forced.is_some());
+        let base = Failed {
+            now,
+            generation,
+            category: FailureCategory::Configuration,
+            reason: "",
+            message: String::new(),
+            provider: Default::default(),
+            http_status: None,
+            inputs,
+            retry_at: Some(schedule::retry_time(
+                now,
+                BackoffClass::Configuration,
+                attempts,
+                None,
+                &seed,
+            )),
+            forced,
+        };
+
+        // Inputs that only a person can supply or fix: no provider call.
+        let client = match client_credentials(client_secret.as_ref(), &spec.client_secret_ref) {
+            Ok(client) => client,
+            Err(message) => {
+                let failed = Failed {
+                    reason: reason::CLIENT_SECRET_MISSING,
+                    message,
+                    ..base
+                };
+                return self.record_failure(credential, failed, why).await;
+            }
+        };
+        let refresh_key = &spec.refresh_token_secret_ref.key;
+        let Some(refresh_token) = secret_value(refresh_secret.as_ref(), refresh_key) else {
+            let message = format!(
+                "Secret {} has no non-empty key {refresh_key:?}; store a refresh token there, for example with \
+                 `oauth-token-operator authorize {ns}/{name}`",
+                spec.refresh_token_secret_ref.name
+            );
+            let failed = Failed {
+                category: FailureCategory::ReauthRequired,
+                reason: reason::REFRESH_TOKEN_MISSING,
+                message,
+                retry_at: None,
+                ..base
+            };
+            return self.record_failure(credential, failed, why).await;
+        };
+        let endpoint =
+            match TokenEndpoint::from_provider(&spec.provider, self.allow_insecure_loopback_http) {
+                Ok(endpoint) => endpoint,
+                Err(error) => {
+                    let failed = Failed {
+                        reason: reason::INVALID_TOKEN_ENDPOINT,
+                        message: error.to_string(),
+                        ..base
+                    };
+                    return self.record_failure(credential, failed, why).await;
+                }
+            };
+        let refresh_before = match spec
+            .refresh_before
+            .as_deref()
+            .map(schedule::parse_duration)
+            .transpose()
+        {
+            Ok(value) => value,
+            Err(message) => {
+                let failed = Failed {
+                    reason: reason::INVALID_SPEC,
+                    message: format!("spec.refreshBefore: {message}"),
+                    ..base
+                };
+                return self.record_failure(credential, failed, why).await;
+            }
+        };
+
+        let sent_at = self.now();
+        let started = Instant::now();
+        let result = self
+            .tokens
+            .refresh(&endpoint, &client, &refresh_token, self.clock)
+            .await;
+        let latency = started.elapsed();
+        let now = self.now();
+        let token = match result {
+            Ok(token) => token,
+            Err(failure) => {
+                let backoff = match failure.class {
+                    FailureClass::NeedsReauth => None,
+                    FailureClass::Configuration => Some(BackoffClass::Configuration),
+                    FailureClass::Transient => Some(BackoffClass::Transient),
+                };
+                let retry_at = backoff.map(|class| {
+                    schedule::retry_time(now, class, attempts, failure.retry_after, &seed)
+                });
+                let failed = Failed::from_classified(
+                    &failure,
+                    Failed {
+                        now,
+                        retry_at,
+                        ..base
+                    },
+                );
+                info!(
+                    namespace = ns,
+                    name,
+                    outcome = failure.reason,
+                    category = ?failed.category,
+                    http_status = failure.http_status,
+                    latency_ms = latency.as_millis() as u64,
+                    trigger = why.as_str(),
+                    "refresh failed"
+                );
+                return self.record_failure(credential, failed, why).await;
+            }
+        };
+
+        // A rotated refresh token is the only copy of the grant: store it
+        // before anything else.
+        if let (Some(rotated), Some(current)) = (&token.refresh_token, refresh_secret) {
+            self.store_rotated_refresh_token(&secrets, current, refresh_key, rotated)
+                .await?;
+        }
+
+        let lifetime =
+            SignedDuration::try_from(token.expires_in).unwrap_or(SignedDuration::from_hours(1));
+        let expires_at = schedule::whole_seconds(sent_at + lifetime);
+        let refresh_at = schedule::refresh_time(
+            sent_at,
+            expires_at,
+            refresh_before,
+            &format!("{seed}/{expires_at}"),
+        );
+        let secret = output_secret::build(credential, &token, expires_at);
+        match output {
+            OutputSecret::Absent => match secrets.create(&PostParams::default(), &secret).await {
+                Ok(_) => {}
+                // Someone created a Secret of that name since we looked.
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    let desired =
+                        status::after_conflict(old, now, generation, &spec.output.secret_name);
+                    self.write_status(credential, desired).await?;
+                    return Ok(Action::await_change());
+                }
+                Err(error) => return Err(kube_err("create output Secret")(error)),
+            },
+            OutputSecret::Owned => {
+                secrets
+                    .patch(
+                        &spec.output.secret_name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&secret),
+                    )
+                    .await
+                    .map_err(kube_err("update output Secret"))?;
+            }
+            OutputSecret::Foreign => {
+                unreachable!("decide never plans a refresh into a foreign Secret")
+            }
+        }
+
+        let desired = status::after_success(
+            old,
+            Success {
+                now,
+                generation,
+                expires_at,
+                refresh_at,
+                scope: token.scope.as_deref(),
+                output_secret: &spec.output.secret_name,
+                forced,
+            },
+        );
+        info!(
+            namespace = ns,
+            name,
+            outcome = "success",
+            trigger = why.as_str(),
+            rotated = token.refresh_token.is_some(),
+            expires_at = %expires_at,
+            refresh_at = %refresh_at,
+            latency_ms = latency.as_millis() as u64,
+            "refreshed"
+        );
+        let next_change = status::next_status_change(&desired, now);
+        self.write_status(credential, desired).await?;
+        Ok(requeue_at(
+            [Some(refresh_at), next_change].into_iter().flatten().min(),
+            now,
+        ))
+    }
+
+    async fn record_failure(
+        &self,
+        credential: &OAuthCredential,
+        failed: Failed<'_>,
+        why: RefreshReason,
+    ) -> Result<Action, Error> {
+        let now = failed.now;
+        let retry_at = failed.retry_at;
+        if failed.http_status.is_none() {
+            info!(
+                namespace = credential.namespace(),
+                name = credential.name_any(),
+                outcome = failed.reason,
+                trigger = why.as_str(),
+                "refresh not attempted"
+            );
+        }
+        let desired = status::after_failure(credential.status.as_ref(), failed);
+        let next_change = status::next_status_change(&desired, now);
+        self.write_status(credential, desired).await?;
+        Ok(requeue_at(
+            [retry_at, next_change].into_iter().flatten().min(),
+            now,
+        ))
+    }
+
+    /// Writes the refresh-token Secret with the rotated token, under a
+    /// resourceVersion precondition; on a conflict it re-reads and writes the
+    /// same new token again (never exchanging the old one a second time).
+    async fn store_rotated_refresh_token(
+        &self,
+        secrets: &Api<Secret>,
+        mut current: Secret,
+        key: &str,
+        token: &SecretString,
+    ) -> Result<(), Error> {
+        const ATTEMPTS: u32 = 5;
+        for _ in 0..ATTEMPTS {
+            let name = current.name_any();
+            current.metadata.managed_fields = None;
+            current.string_data = None;
+            current.data.get_or_insert_with(Default::default).insert(
+                key.to_string(),
+                ByteString(token.expose_secret().as_bytes().to_vec()),
+            );
+            match secrets
+                .replace(
+                    &name,
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &current,
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    current = secrets
+                        .get(&name)
+                        .await
+                        .map_err(kube_err("re-read refresh-token Secret"))?;
+                }
+                Err(error) => return Err(kube_err("store rotated refresh token")(error)),
+            }
+        }
+        Err(Error::RotationNotStored(ATTEMPTS))
+    }
+
+    /// Writes the status if it differs from the stored one, then emits the
+    /// events its transitions call for.
+    async fn write_status(
+        &self,
+        credential: &OAuthCredential,
+        desired: OAuthCredentialStatus,
+    ) -> Result<(), Error> {
+        let old = credential.status.as_ref();
+        // Compare in stored form, as the API server will return it.
+        let desired = stored_form(desired);
+        if old == Some(&desired) {
+            return Ok(());
+        }
+        let api: Api<OAuthCredential> = Api::namespaced(
+            self.client.clone(),
+            &credential.namespace().unwrap_or_default(),
+        );
+        let patch = json!({
+            "apiVersion": OAuthCredential::api_version(&()),
+            "kind": OAuthCredential::kind(&()),
+            "status": desired,
+        });
+        api.patch_status(
+            &credential.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_err("write status"))?;
+        let notices = status::notices(old, &desired);
+        self.written
+            .lock()
+            .expect("lock")
+            .insert(ObjectRef::from_obj(credential), desired);
+        let reference = credential.object_ref(&());
+        for notice in notices {
+            let event = Event {
+                type_: if notice.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: notice.reason.into(),
+                note: Some(notice.message),
+                action: notice.action.into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &reference).await {
+                warn!(namespace = credential.namespace(), name = credential.name_any(), %error, "could not publish event");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stored_form(status: OAuthCredentialStatus) -> OAuthCredentialStatus {
+    serde_json::to_value(&status)
+        .and_then(serde_json::from_value)
+        .expect("status round-trips through JSON")
+}
+
+fn version_of(secret: Option<&Secret>) -> String {
+    secret
+        .and_then(|s| s.metadata.resource_version.clone())
+        .unwrap_or_default()
+}
+
+fn secret_value(secret: Option<&Secret>, key: &str) -> Option<SecretString> {
+    let bytes = secret?.data.as_ref()?.get(key)?;
+    let text = String::from_utf8(bytes.0.clone()).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| SecretString::from(text.to_string()))
+}
+
+fn client_credentials(
+    secret: Option<&Secret>,
+    reference: &ClientSecretRef,
+) -> Result<ClientCredentials, String> {
+    let Some(secret) = secret else {
+        return Err(format!("client Secret {} does not exist", reference.name));
+    };
+    let missing = |key: &str| {
+        format!(
+            "client Secret {} has no non-empty key {key:?}",
+            reference.name
+        )
+    };
+    let client_id = secret_value(Some(secret), &reference.client_id_key)
+        .ok_or_else(|| missing(&reference.client_id_key))?;
+    let client_secret = secret_value(Some(secret), &reference.client_secret_key)
+        .ok_or_else(|| missing(&reference.client_secret_key))?;
+    Ok(ClientCredentials {
+        client_id: client_id.expose_secret().to_string(),
+        client_secret,
+    })
+}
+
+/// Requeue at `at`, or wait for a change when nothing is scheduled.
+fn requeue_at(at: Option<Timestamp>, now: Timestamp) -> Action {
+    match at {
+        Some(at) => {
+            let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+            Action::requeue(wait)
+        }
+        None => Action::await_change(),
+    }
+}

@@ -1,0 +1,392 @@
+//! The `OAuthCredential` custom resource: its spec, its status and the CRD
+//! generated from them (`oauth-token-operator crd`, committed in `crds/`).
+//!
+//! Every reference is to a Secret in the credential's own namespace: no field
+//! can name another namespace. Schema rules and CEL rules reject invalid input
+//! at admission with messages meant for people.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every resource this operator serves.
+pub const GROUP: &str = "oauth.tokenoperator.io";
+
+/// Annotation that asks for a refresh now, whatever the schedule and backoff
+/// say. Its value is free-form (a timestamp by convention); each new value is
+/// one request, remembered in `status.lastForcedRefresh`.
+pub const FORCE_REFRESH_ANNOTATION: &str = "oauth.tokenoperator.io/refresh-requested-at";
+
+/// Label put on every output Secret, naming the credential that owns it.
+pub const CREDENTIAL_LABEL: &str = "oauth.tokenoperator.io/credential";
+
+/// Condition types.
+pub const READY: &str = "Ready";
+pub const REAUTH_REQUIRED: &str = "ReauthRequired";
+
+/// Keeps a current OAuth access token in a Secret: the operator exchanges the
+/// refresh token at the provider's token endpoint before the access token
+/// expires and writes the result into `spec.output.secretName`.
+// clippy reads the repeated keys of the printcolumn(...) groups below as
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "oauth.tokenoperator.io",
+    version = "v1alpha1",
+    kind = "OAuthCredential",
+    plural = "oauthcredentials",
+    singular = "oauthcredential",
+    shortname = "oauthcred",
+    namespaced,
+    status = "OAuthCredentialStatus",
+    derive = "PartialEq",
+    doc = "OAuthCredential keeps a fresh OAuth access token in a Secret, refreshed from a stored refresh token before it expires.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the output Secret holds a valid access token"
+    ),
+    printcolumn(
+        name = "Reauth",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"ReauthRequired\")].status",
+        description = "Whether a person must grant consent again (run `oauth-token-operator authorize`)"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.expiresAt",
+        description = "When the current access token expires"
+    ),
+    printcolumn(
+        name = "Next Refresh",
+        type_ = "string",
+        json_path = ".status.refreshAt",
+        description = "When the next call to the token endpoint is scheduled"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Reason of the Ready condition"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.output.secretName != self.refreshTokenSecretRef.name && self.output.secretName != self.clientSecretRef.name",
+        "message": "output.secretName must differ from the refresh-token and client Secrets: the operator owns and rewrites the output Secret"
+    }
+]))]
+pub struct OAuthCredentialSpec {
+    /// The OAuth 2.0 provider: either `google: {}` or a generic RFC 6749
+    /// token endpoint.
+    pub provider: Provider,
+
+    /// The Secret, in this namespace, holding the OAuth client's ID and secret.
+    pub client_secret_ref: ClientSecretRef,
+
+    /// The Secret, in this namespace, holding the refresh token. Put the token
+    /// there in plain text (or let `oauth-token-operator authorize` do it).
+    pub refresh_token_secret_ref: RefreshTokenSecretRef,
+
+    /// The OAuth scopes the grant must cover. `authorize` asks for exactly
+    /// these, and status reports which the provider granted.
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 512)))]
+    pub scopes: Vec<String>,
+
+    /// Where the access token is written.
+    pub output: Output,
+
+    /// How long before expiry to refresh, as a duration such as `20m`,
+    /// `1h30m` or `90s`. Default: when one third of the token's lifetime is
+    /// left (about 20 minutes for Google's one-hour tokens). Keep it well
+    /// above two minutes: kubelet takes 60-90 s to update mounted Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"),
+        length(min = 2, max = 16)
+    )]
+    pub refresh_before: Option<String>,
+}
+
+/// The token endpoint and how to authenticate the client to it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.google) != has(self.tokenEndpoint)",
+        "message": "set exactly one of provider.google or provider.tokenEndpoint"
+    },
+    {
+        "rule": "!has(self.google) || (!has(self.clientAuthentication) && !has(self.authorizationEndpoint))",
+        "message": "provider.clientAuthentication and provider.authorizationEndpoint apply only to a generic provider (tokenEndpoint), not to google"
+    }
+]))]
+pub struct Provider {
+    /// Google's OAuth 2.0 endpoints (https://oauth2.googleapis.com/token).
+    /// Write `google: {}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google: Option<GoogleProvider>,
+
+    /// The token endpoint of a generic RFC 6749 provider. Must be https; the
+    /// operator accepts http only for loopback addresses and only when started
+    /// with `--allow-insecure-loopback-http` (tests and demos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",
+            "message": "tokenEndpoint must be an absolute https URL"
+        }
+    ]))]
+    pub token_endpoint: Option<String>,
+
+    /// The authorization endpoint of a generic provider, used only by
+    /// `oauth-token-operator authorize` to obtain consent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",
+            "message": "authorizationEndpoint must be an absolute https URL"
+        }
+    ]))]
+    pub authorization_endpoint: Option<String>,
+
+    /// How the client authenticates to a generic token endpoint:
+    /// `client_secret_basic` (HTTP Basic, the default every RFC 6749 server
+    /// must support) or `client_secret_post` (in the form body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_authentication: Option<ClientAuthentication>,
+}
+
+/// Google's preset endpoints. Has no fields today.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct GoogleProvider {}
+
+/// Client authentication method at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ClientAuthentication {
+    /// HTTP Basic authentication with the client ID and secret.
+    #[serde(rename = "client_secret_basic")]
+    ClientSecretBasic,
+    /// Client ID and secret in the form-encoded request body.
+    #[serde(rename = "client_secret_post")]
+    ClientSecretPost,
+}
+
+/// A Secret in the credential's namespace holding the OAuth client.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecretRef {
+    /// Name of the Secret, in the same namespace as the credential.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key holding the client ID. Default: `client_id`.
+    #[serde(default = "default_client_id_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_id_key: String,
+    /// Key holding the client secret. Default: `client_secret`.
+    #[serde(default = "default_client_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_secret_key: String,
+}
+
+/// A Secret in the credential's namespace holding the refresh token.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshTokenSecretRef {
+    /// Name of the Secret, in the same namespace as the credential.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key holding the refresh token. Default: `refresh_token`.
+    #[serde(default = "default_refresh_token_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// The Secret the operator creates, owns and keeps current.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// Name of the Secret to write, in the same namespace. It gets the keys
+    /// `access_token`, `token_type`, `expiry` (RFC 3339) and `scope`. A Secret
+    /// of this name that the operator does not own is never overwritten.
+    /// Mount it as a volume: `subPath` mounts and environment variables never
+    /// see a refreshed token.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: String,
+}
+
+fn default_client_id_key() -> String {
+    "client_id".into()
+}
+fn default_client_secret_key() -> String {
+    "client_secret".into()
+}
+fn default_refresh_token_key() -> String {
+    "refresh_token".into()
+}
+
+/// What the operator last did and will do next. Never holds a token.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthCredentialStatus {
+    /// The `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`: the output Secret holds an access token that has not expired.
+    /// `ReauthRequired`: only a person can fix this credential, by supplying
+    /// a new refresh token (for example with `oauth-token-operator authorize`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// When the access token in the output Secret expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When the operator will next call the token endpoint: the scheduled
+    /// refresh, or the end of the current backoff after a failure. Absent
+    /// while nothing is scheduled (ReauthRequired, waiting for a person).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_at: Option<Time>,
+
+    /// When the access token in the output Secret was obtained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+
+    /// Failed refresh attempts since the last success; drives the backoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(extend("format" = "int32", "minimum" = 0))]
+    pub failed_attempts: u32,
+
+    /// The most recent failed attempt. Kept after a later success, for the
+    /// record; `failedAttempts` tells whether it is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+
+    /// The scopes the provider reported for the current access token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted_scopes: Vec<String>,
+
+    /// The last value of the force-refresh annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_forced_refresh: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A failed refresh attempt. Carries the provider's error code and
+/// description, never a token and never a raw response body.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// When the attempt failed.
+    pub time: Time,
+    /// Who can fix it: `Transient` (retried with backoff), `Configuration`
+    /// (fix the client Secret or the spec), `ReauthRequired` (a person must
+    /// supply a new refresh token).
+    pub category: FailureCategory,
+    /// A CamelCase reason, the same as the Ready condition's reason.
+    pub reason: String,
+    /// What happened and what to do, for a person.
+    pub message: String,
+    /// The provider's `error` code (RFC 6749 §5.2), when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The provider's `error_description`, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+    /// Google's `error_subtype` (e.g. `invalid_rapt`), when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_subtype: Option<String>,
+    /// HTTP status of the token endpoint's answer, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub http_status: Option<u16>,
+    /// The inputs the attempt used. While a failure that needs a person or a
+    /// configuration change holds, the operator calls the provider again only
+    /// once one of these has changed.
+    pub inputs: Inputs,
+}
+
+/// Who can fix a failure.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FailureCategory {
+    /// Retried with exponential backoff: rate limits, provider errors, network.
+    Transient,
+    /// Retried after a long backoff, or at once when the client Secret or the
+    /// spec changes: the client or the request is wrong.
+    Configuration,
+    /// Not retried until the refresh-token Secret or the spec changes: only a
+    /// person can fix it, by granting consent again.
+    ReauthRequired,
+}
+
+/// Versions of what a refresh attempt read: a change to any of them is a new
+/// chance to succeed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Inputs {
+    /// `metadata.generation` of the credential.
+    pub generation: i64,
+    /// `resourceVersion` of the client Secret.
+    pub client_secret_version: String,
+    /// `resourceVersion` of the refresh-token Secret.
+    pub refresh_token_secret_version: String,
+}
+
+/// A condition with `metav1.Condition` semantics.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready` or `ReauthRequired`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason; see the README for every reason and what to do.
+    pub reason: String,
+    /// A sentence for a person.
+    pub message: String,
+    /// When `status` last changed.
+    pub last_transition_time: Time,
+    /// The `metadata.generation` the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl OAuthCredentialStatus {
+    /// The condition of the given type, if set.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether the condition of the given type has status `True`.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}

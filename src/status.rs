@@ -1,0 +1,677 @@
+//! The status the credential should have after an outcome: conditions, times,
+//! failure record. Pure builders from the previous status; the reconciler
+//! writes the result only when it differs from what is stored.
+//!
+//! `lastTransitionTime` changes only when a condition's status flips, so an
+//! unchanged situation yields an identical status and no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::classify::{self, FailureClass};
+use crate::resource::{
+    Condition, Failure, FailureCategory, Inputs, OAuthCredentialStatus, READY, REAUTH_REQUIRED,
+};
+
+/// Reasons of the `Ready` condition that are not failure reasons.
+pub mod reason {
+    pub const TOKEN_VALID: &str = "TokenValid";
+    pub const REFRESH_FAILING: &str = "RefreshFailing";
+    pub const TOKEN_EXPIRED: &str = "TokenExpired";
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const REFRESH_SUCCEEDED: &str = "RefreshSucceeded";
+    pub const NOT_YET_REFRESHED: &str = "NotYetRefreshed";
+    pub const RETRYING: &str = "Retrying";
+    pub const REFRESH_TOKEN_MISSING: &str = "RefreshTokenMissing";
+    pub const CLIENT_SECRET_MISSING: &str = "ClientSecretMissing";
+    pub const INVALID_TOKEN_ENDPOINT: &str = "InvalidTokenEndpoint";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+}
+
+/// A refresh that succeeded.
+pub struct Success<'a> {
+    pub now: Timestamp,
+    pub generation: i64,
+    pub expires_at: Timestamp,
+    pub refresh_at: Timestamp,
+    pub scope: Option<&'a str>,
+    pub output_secret: &'a str,
+    /// The force-refresh annotation value this attempt acted on.
+    pub forced: Option<&'a str>,
+}
+
+/// A failed attempt, or an attempt that could not be made.
+pub struct Failed<'a> {
+    pub now: Timestamp,
+    pub generation: i64,
+    pub category: FailureCategory,
+    pub reason: &'a str,
+    pub message: String,
+    pub provider: classify::ProviderError,
+    pub http_status: Option<u16>,
+    pub inputs: Inputs,
+    /// When to try again; `None` for failures that wait for a person.
+    pub retry_at: Option<Timestamp>,
+    pub forced: Option<&'a str>,
+}
+
+impl<'a> Failed<'a> {
+    /// The record of a token-endpoint failure.
+    pub fn from_classified(failure: &classify::Failure, base: Failed<'a>) -> Failed<'a> {
+        Failed {
+            category: category_of(failure.class),
+            reason: failure.reason,
+            message: failure.message(),
+            provider: (*failure.provider).clone(),
+            http_status: failure.http_status,
+            ..base
+        }
+    }
+}
+
+pub fn category_of(class: FailureClass) -> FailureCategory {
+    match class {
+        FailureClass::NeedsReauth => FailureCategory::ReauthRequired,
+        FailureClass::Configuration => FailureCategory::Configuration,
+        FailureClass::Transient => FailureCategory::Transient,
+    }
+}
+
+/// Consecutive failures after one more failure. A forced refresh resets the
+/// count (and so the backoff) first.
+pub fn failed_attempts_after_failure(old: Option<&OAuthCredentialStatus>, forced: bool) -> u32 {
+    let previous = if forced {
+        0
+    } else {
+        old.map_or(0, |s| s.failed_attempts)
+    };
+    previous.saturating_add(1)
+}
+
+pub fn after_success(old: Option<&OAuthCredentialStatus>, s: Success<'_>) -> OAuthCredentialStatus {
+    let mut status = old.cloned().unwrap_or_default();
+    status.observed_generation = Some(s.generation);
+    status.expires_at = Some(Time(s.expires_at));
+    status.refresh_at = Some(Time(s.refresh_at));
+    status.last_refresh_time = Some(Time(s.now));
+    status.failed_attempts = 0;
+    status.granted_scopes = s.scope.map(split_scopes).unwrap_or_default();
+    if let Some(forced) = s.forced {
+        status.last_forced_refresh = Some(forced.to_string());
+    }
+    set_condition(
+        &mut status,
+        READY,
+        "True",
+        reason::TOKEN_VALID,
+        format!(
+            "Secret {} holds an access token valid until {}",
+            s.output_secret, s.expires_at
+        ),
+        s.now,
+        s.generation,
+    );
+    set_condition(
+        &mut status,
+        REAUTH_REQUIRED,
+        "False",
+        reason::REFRESH_SUCCEEDED,
+        "the provider accepted the refresh token".into(),
+        s.now,
+        s.generation,
+    );
+    status
+}
+
+pub fn after_failure(old: Option<&OAuthCredentialStatus>, f: Failed<'_>) -> OAuthCredentialStatus {
+    let mut status = old.cloned().unwrap_or_default();
+    let forced = f.forced.is_some();
+    status.failed_attempts = failed_attempts_after_failure(old, forced);
+    status.observed_generation = Some(f.generation);
+    status.refresh_at = f.retry_at.map(Time);
+    if let Some(forced) = f.forced {
+        status.last_forced_refresh = Some(forced.to_string());
+    }
+    status.last_failure = Some(Failure {
+        time: Time(f.now),
+        category: f.category,
+        reason: f.reason.to_string(),
+        message: f.message.clone(),
+        error: f.provider.error.clone(),
+        error_description: f.provider.description.clone(),
+        error_subtype: f.provider.subtype.clone(),
+        http_status: f.http_status,
+        inputs: f.inputs.clone(),
+    });
+
+    let valid_until = status
+        .expires_at
+        .as_ref()
+        .map(|t| t.0)
+        .filter(|t| *t > f.now);
+    match valid_until {
+        Some(until) => set_condition(
+            &mut status,
+            READY,
+            "True",
+            reason::REFRESH_FAILING,
+            format!(
+                "the current access token is valid until {until}, but refreshing failed: {}",
+                f.message
+            ),
+            f.now,
+            f.generation,
+        ),
+        None => {
+            let reason = if status.expires_at.is_some() {
+                reason::TOKEN_EXPIRED
+            } else {
+                f.reason
+            };
+            set_condition(
+                &mut status,
+                READY,
+                "False",
+                reason,
+                f.message.clone(),
+                f.now,
+                f.generation,
+            );
+        }
+    }
+
+    if f.category == FailureCategory::ReauthRequired {
+        set_condition(
+            &mut status,
+            REAUTH_REQUIRED,
+            "True",
+            f.reason,
+            f.message,
+            f.now,
+            f.generation,
+        );
+    } else {
+        // Nothing is known about the grant after other failures; a grant that
+        // needed a person is retried only because its inputs changed.
+        let reauth = status.condition(REAUTH_REQUIRED).map(|c| c.status.clone());
+        match reauth.as_deref() {
+            None => set_condition(
+                &mut status,
+                REAUTH_REQUIRED,
+                "Unknown",
+                reason::NOT_YET_REFRESHED,
+                "no refresh has succeeded yet".into(),
+                f.now,
+                f.generation,
+            ),
+            Some("True") => set_condition(
+                &mut status,
+                REAUTH_REQUIRED,
+                "Unknown",
+                reason::RETRYING,
+                "the refresh token or the spec changed; waiting for a refresh to succeed".into(),
+                f.now,
+                f.generation,
+            ),
+            Some(_) => {}
+        }
+    }
+    status
+}
+
+/// The output name is taken by a Secret the operator does not own.
+pub fn after_conflict(
+    old: Option<&OAuthCredentialStatus>,
+    now: Timestamp,
+    generation: i64,
+    output_secret: &str,
+) -> OAuthCredentialStatus {
+    let mut status = old.cloned().unwrap_or_default();
+    status.observed_generation = Some(generation);
+    status.refresh_at = None;
+    set_condition(
+        &mut status,
+        READY,
+        "False",
+        reason::SECRET_CONFLICT,
+        format!(
+            "Secret {output_secret} exists and is not owned by this OAuthCredential, so it is left untouched; \
+             delete or rename it, or set another spec.output.secretName"
+        ),
+        now,
+        generation,
+    );
+    status
+}
+
+/// `Ready` flips to `False` once the token in the output Secret has expired
+/// without a successful refresh.
+pub fn at_time(
+    old: &OAuthCredentialStatus,
+    now: Timestamp,
+    generation: i64,
+) -> OAuthCredentialStatus {
+    let mut status = old.clone();
+    let expired = status.expires_at.as_ref().is_some_and(|t| t.0 <= now);
+    if expired && status.is_true(READY) {
+        let why = status
+            .last_failure
+            .as_ref()
+            .filter(|_| status.failed_attempts > 0)
+            .map(|f| format!(": {}", f.message))
+            .unwrap_or_default();
+        let at = status
+            .expires_at
+            .as_ref()
+            .map(|t| t.0)
+            .expect("expired implies set");
+        set_condition(
+            &mut status,
+            READY,
+            "False",
+            reason::TOKEN_EXPIRED,
+            format!("the access token expired at {at} and has not been refreshed{why}"),
+            now,
+            generation,
+        );
+    }
+    status
+}
+
+/// When the status itself changes next without any outside event: the
+/// `Ready` condition turns at expiry.
+pub fn next_status_change(status: &OAuthCredentialStatus, now: Timestamp) -> Option<Timestamp> {
+    status
+        .expires_at
+        .as_ref()
+        .map(|t| t.0)
+        .filter(|at| *at > now && status.is_true(READY))
+}
+
+/// An event to publish because the status changed in a way people care about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    /// Stable CamelCase reason: `ReauthRequired`, `SecretConflict`,
+    /// `RefreshFailed` or `Recovered`.
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub message: String,
+}
+
+/// Events for the transitions from `old` to `new`: one per transition, never
+/// one per successful refresh and never one per retry.
+pub fn notices(old: Option<&OAuthCredentialStatus>, new: &OAuthCredentialStatus) -> Vec<Notice> {
+    let was = |type_: &str, value: &str| {
+        old.and_then(|s| s.condition(type_))
+            .is_some_and(|c| c.status == value)
+    };
+    let was_ready_reason = |r: &str| {
+        old.and_then(|s| s.condition(READY))
+            .is_some_and(|c| c.reason == r)
+    };
+    let ready = new.condition(READY);
+    let mut out = Vec::new();
+    if new.is_true(REAUTH_REQUIRED) && !was(REAUTH_REQUIRED, "True") {
+        let condition = new.condition(REAUTH_REQUIRED).expect("checked above");
+        out.push(Notice {
+            warning: true,
+            reason: "ReauthRequired",
+            action: "Refresh",
+            message: condition.message.clone(),
+        });
+    }
+    if let Some(ready) = ready
+        && ready.reason == reason::SECRET_CONFLICT
+        && !was_ready_reason(reason::SECRET_CONFLICT)
+    {
+        out.push(Notice {
+            warning: true,
+            reason: "SecretConflict",
+            action: "WriteSecret",
+            message: ready.message.clone(),
+        });
+    }
+    if new.failed_attempts == 1
+        && let Some(failure) = &new.last_failure
+        && failure.category != FailureCategory::ReauthRequired
+        && old.is_none_or(|o| o.failed_attempts != 1 || o.last_failure != new.last_failure)
+    {
+        out.push(Notice {
+            warning: true,
+            reason: "RefreshFailed",
+            action: "Refresh",
+            message: failure.message.clone(),
+        });
+    }
+    let troubled = old.is_some_and(|o| {
+        o.failed_attempts > 0
+            || o.is_true(REAUTH_REQUIRED)
+            || o.condition(READY)
+                .is_some_and(|c| c.reason == reason::SECRET_CONFLICT || c.status != "True")
+    });
+    if troubled
+        && new.failed_attempts == 0
+        && ready.is_some_and(|c| c.status == "True" && c.reason == reason::TOKEN_VALID)
+    {
+        out.push(Notice {
+            warning: false,
+            reason: "Recovered",
+            action: "Refresh",
+            message: ready.map(|c| c.message.clone()).unwrap_or_default(),
+        });
+    }
+    out
+}
+
+fn split_scopes(scope: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
+    scopes.sort();
+    scopes.dedup();
+    scopes
+}
+
+/// Sets a condition, keeping `lastTransitionTime` unless the status flips.
+pub fn set_condition(
+    status: &mut OAuthCredentialStatus,
+    type_: &str,
+    value: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+    generation: i64,
+) {
+    let transition = match status.condition(type_) {
+        Some(existing) if existing.status == value => existing.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: value.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: transition,
+        observed_generation: Some(generation),
+    };
+    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => *existing = condition,
+        None => status.conditions.push(condition),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn success(now: &str, expires: &str) -> Success<'static> {
+        Success {
+            now: ts(now),
+            generation: 1,
+            expires_at: ts(expires),
+            refresh_at: ts(expires),
+            scope: Some("b a"),
+            output_secret: "out",
+            forced: None,
+        }
+    }
+
+    fn failed(now: &str, category: FailureCategory, reason: &'static str) -> Failed<'static> {
+        Failed {
+            now: ts(now),
+            generation: 1,
+            category,
+            reason,
+            message: "it failed".into(),
+            provider: Default::default(),
+            http_status: Some(400),
+            inputs: Inputs::default(),
+            retry_at: None,
+            forced: None,
+        }
+    }
+
+    #[test]
+    fn success_sets_ready_and_clears_the_failure_count() {
+        let s = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        assert!(s.is_true(READY));
+        assert_eq!(s.condition(REAUTH_REQUIRED).unwrap().status, "False");
+        assert_eq!(s.granted_scopes, vec!["a", "b"]);
+        assert_eq!(s.failed_attempts, 0);
+        assert_eq!(s.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn last_transition_time_moves_only_when_the_status_flips() {
+        let first = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        let second = after_success(
+            Some(&first),
+            success("2026-11-21T19:40:00Z", "2026-11-21T20:40:00Z"),
+        );
+        assert_eq!(
+            first.condition(READY).unwrap().last_transition_time,
+            second.condition(READY).unwrap().last_transition_time
+        );
+        let failing = after_failure(
+            Some(&second),
+            failed(
+                "2026-11-21T20:50:00Z",
+                FailureCategory::Transient,
+                "ProviderUnavailable",
+            ),
+        );
+        let ready = failing.condition(READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, reason::TOKEN_EXPIRED);
+        assert_eq!(ready.last_transition_time, Time(ts("2026-11-21T20:50:00Z")));
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_ready_true_while_the_token_is_valid() {
+        let ok = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        let s = after_failure(
+            Some(&ok),
+            failed(
+                "2026-11-21T19:40:00Z",
+                FailureCategory::Transient,
+                "RateLimited",
+            ),
+        );
+        assert!(s.is_true(READY));
+        assert_eq!(s.condition(READY).unwrap().reason, reason::REFRESH_FAILING);
+        assert_eq!(s.condition(REAUTH_REQUIRED).unwrap().status, "False");
+        assert_eq!(s.failed_attempts, 1);
+        let s = after_failure(
+            Some(&s),
+            failed(
+                "2026-11-21T19:41:00Z",
+                FailureCategory::Transient,
+                "RateLimited",
+            ),
+        );
+        assert_eq!(s.failed_attempts, 2);
+    }
+
+    #[test]
+    fn invalid_grant_sets_reauth_required_and_keeps_serving_the_valid_token() {
+        let ok = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        let s = after_failure(
+            Some(&ok),
+            failed(
+                "2026-11-21T19:40:00Z",
+                FailureCategory::ReauthRequired,
+                "InvalidGrant",
+            ),
+        );
+        assert!(s.is_true(REAUTH_REQUIRED));
+        assert_eq!(s.condition(REAUTH_REQUIRED).unwrap().reason, "InvalidGrant");
+        assert!(s.is_true(READY));
+        assert_eq!(s.refresh_at, None);
+        let later = at_time(&s, ts("2026-11-21T20:00:00Z"), 1);
+        assert_eq!(later.condition(READY).unwrap().status, "False");
+        assert_eq!(
+            later.condition(READY).unwrap().reason,
+            reason::TOKEN_EXPIRED
+        );
+        assert!(
+            later
+                .condition(READY)
+                .unwrap()
+                .message
+                .contains("it failed")
+        );
+    }
+
+    #[test]
+    fn a_failure_before_any_token_uses_its_own_reason() {
+        let s = after_failure(
+            None,
+            failed(
+                "2026-11-21T19:00:00Z",
+                FailureCategory::Configuration,
+                "InvalidClient",
+            ),
+        );
+        assert_eq!(s.condition(READY).unwrap().reason, "InvalidClient");
+        assert_eq!(s.condition(REAUTH_REQUIRED).unwrap().status, "Unknown");
+    }
+
+    #[test]
+    fn a_forced_refresh_resets_the_failure_count() {
+        let mut f = failed(
+            "2026-11-21T19:00:00Z",
+            FailureCategory::Transient,
+            "RateLimited",
+        );
+        let s = after_failure(
+            None,
+            failed(
+                "2026-11-21T18:59:00Z",
+                FailureCategory::Transient,
+                "RateLimited",
+            ),
+        );
+        let s = after_failure(
+            Some(&s),
+            failed(
+                "2026-11-21T18:59:30Z",
+                FailureCategory::Transient,
+                "RateLimited",
+            ),
+        );
+        assert_eq!(s.failed_attempts, 2);
+        f.forced = Some("now");
+        let s = after_failure(Some(&s), f);
+        assert_eq!(s.failed_attempts, 1);
+        assert_eq!(s.last_forced_refresh.as_deref(), Some("now"));
+    }
+
+    #[test]
+    fn at_time_changes_nothing_before_expiry() {
+        let ok = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        assert_eq!(at_time(&ok, ts("2026-11-21T19:59:59Z"), 1), ok);
+        assert_eq!(
+            next_status_change(&ok, ts("2026-11-21T19:00:00Z")),
+            Some(ts("2026-11-21T20:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn events_mark_transitions_only() {
+        let reasons = |old: Option<&OAuthCredentialStatus>, new: &OAuthCredentialStatus| {
+            notices(old, new)
+                .into_iter()
+                .map(|n| n.reason)
+                .collect::<Vec<_>>()
+        };
+        let ok = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        assert!(
+            reasons(None, &ok).is_empty(),
+            "no event for a first success"
+        );
+        let ok2 = after_success(
+            Some(&ok),
+            success("2026-11-21T19:40:00Z", "2026-11-21T20:40:00Z"),
+        );
+        assert!(
+            reasons(Some(&ok), &ok2).is_empty(),
+            "no event per successful refresh"
+        );
+
+        let reauth = after_failure(
+            Some(&ok2),
+            failed(
+                "2026-11-21T20:20:00Z",
+                FailureCategory::ReauthRequired,
+                "InvalidGrant",
+            ),
+        );
+        assert_eq!(reasons(Some(&ok2), &reauth), vec!["ReauthRequired"]);
+        let expired = at_time(&reauth, ts("2026-11-21T20:40:00Z"), 1);
+        assert!(
+            reasons(Some(&reauth), &expired).is_empty(),
+            "one event per transition into ReauthRequired"
+        );
+
+        let back = after_success(
+            Some(&expired),
+            success("2026-11-21T21:00:00Z", "2026-11-21T22:00:00Z"),
+        );
+        assert_eq!(reasons(Some(&expired), &back), vec!["Recovered"]);
+
+        let t1 = after_failure(
+            Some(&back),
+            failed(
+                "2026-11-21T21:40:00Z",
+                FailureCategory::Transient,
+                "RateLimited",
+            ),
+        );
+        assert_eq!(reasons(Some(&back), &t1), vec!["RefreshFailed"]);
+        let t2 = after_failure(
+            Some(&t1),
+            failed(
+                "2026-11-21T21:40:10Z",
+                FailureCategory::Transient,
+                "RateLimited",
+            ),
+        );
+        assert!(reasons(Some(&t1), &t2).is_empty(), "no event per retry");
+
+        let conflict = after_conflict(Some(&back), ts("2026-11-21T21:10:00Z"), 1, "out");
+        assert_eq!(reasons(Some(&back), &conflict), vec!["SecretConflict"]);
+        assert!(reasons(Some(&conflict), &conflict).is_empty());
+    }
+
+    #[test]
+    fn a_conflict_is_not_ready_and_schedules_nothing() {
+        let ok = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        let s = after_conflict(Some(&ok), ts("2026-11-21T19:10:00Z"), 1, "out");
+        assert_eq!(s.condition(READY).unwrap().reason, reason::SECRET_CONFLICT);
+        assert!(s.refresh_at.is_none());
+    }
+}

@@ -1,0 +1,110 @@
+//! The real operator binary, run as a child process against the control
+//! plane, scoped to one test namespace, with its output captured so that tests
+//! can read it and search it for leaked tokens.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+pub struct Operator {
+    child: Option<Child>,
+    namespace: String,
+    extra_args: Vec<String>,
+    /// Everything every run of this operator printed.
+    output: Arc<Mutex<String>>,
+}
+
+impl Operator {
+    /// Starts `oauth-token-operator run` watching `namespace`, allowed to use
+    /// the loopback http token endpoint of the test.
+    pub fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &[])
+    }
+
+    pub fn start_with(namespace: &str, extra_args: &[&str]) -> Self {
+        let mut operator = Operator {
+            child: None,
+            namespace: namespace.to_string(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            output: Arc::new(Mutex::new(String::new())),
+        };
+        operator.spawn();
+        operator
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
+            .args([
+                "run",
+                "--watch-namespace",
+                &self.namespace,
+                "--allow-insecure-loopback-http",
+            ])
+            .args(["--token-request-timeout", "5s"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,oauth_token_operator=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the operator binary");
+        capture(child.stdout.take().unwrap(), self.output.clone());
+        capture(child.stderr.take().unwrap(), self.output.clone());
+        self.child = Some(child);
+    }
+
+    /// Stops with SIGTERM and waits, as Kubernetes would.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..100 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills with SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn();
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn capture(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if std::env::var_os("OTO_TEST_ECHO_OPERATOR").is_some() {
+                eprintln!("[operator] {line}");
+            }
+            let mut out = into.lock().unwrap();
+            out.push_str(&line);
+            out.push('\n');
+        }
+    });
+}

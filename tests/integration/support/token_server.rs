@@ -1,0 +1,323 @@
+//! A real OAuth 2.0 token endpoint on 127.0.0.1 for tests: it checks the
+//! client, honours refresh tokens it issued, optionally rotates them (and, like
+//! standard servers, revokes the whole grant when a rotated token is replayed),
+//! and can be told to answer the next requests with scripted responses.
+//! It records every call and every token it issued, so tests can count calls
+//! and search the operator's output for leaked tokens.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use tokio::net::TcpListener;
+
+pub const CLIENT_ID: &str = "test-client.apps.example";
+/// Reserved characters on purpose: HTTP Basic must form-encode them first
+/// (RFC 6749 §2.3.1), and the server decodes them.
+pub const CLIENT_SECRET: &str = "test:client+secret/value%2F=&x";
+
+/// A canned answer for the next request.
+#[derive(Clone, Debug)]
+pub struct Scripted {
+    pub status: u16,
+    pub body: String,
+    pub content_type: &'static str,
+    pub retry_after: Option<String>,
+    pub location: Option<String>,
+    pub delay: Duration,
+}
+
+impl Scripted {
+    pub fn json(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            content_type: "application/json",
+            retry_after: None,
+            location: None,
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn html(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            content_type: "text/html",
+            retry_after: None,
+            location: None,
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.into());
+        self
+    }
+    pub fn redirect_to(mut self, location: &str) -> Self {
+        self.location = Some(location.into());
+        self
+    }
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// One request the server received.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub at: SystemTime,
+    pub refresh_token: String,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Inner {
+    lifetime_secs: u64,
+    rotate: bool,
+    scope: String,
+    /// Refresh tokens that currently work.
+    live: HashSet<String>,
+    /// Rotated-away tokens; presenting one revokes its whole grant.
+    retired: HashSet<String>,
+    revoked_grants: u32,
+    scripted: VecDeque<Scripted>,
+    calls: Vec<Call>,
+    issued: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct TokenServer {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    counter: Arc<AtomicU64>,
+}
+
+impl TokenServer {
+    /// Starts a server issuing access tokens that live `lifetime`.
+    pub async fn start(lifetime: Duration) -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            lifetime_secs: lifetime.as_secs(),
+            scope: "https://www.googleapis.com/auth/gmail.send".into(),
+            ..Default::default()
+        }));
+        let server = TokenServer {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            inner,
+            counter: Arc::new(AtomicU64::new(1)),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind token server");
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/token", post(token))
+            .with_state(server.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("token server");
+        });
+        TokenServer { addr, ..server }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Turns refresh-token rotation on: every success returns a new refresh
+    /// token and retires the presented one.
+    pub fn rotate(&self, on: bool) {
+        self.inner.lock().unwrap().rotate = on;
+    }
+
+    /// Issues a new grant and returns its refresh token.
+    pub fn new_grant(&self) -> String {
+        let token = self.fresh("rt");
+        let mut inner = self.inner.lock().unwrap();
+        inner.live.insert(token.clone());
+        token
+    }
+
+    /// Revokes a refresh token: the next use gets `invalid_grant`.
+    pub fn revoke(&self, refresh_token: &str) {
+        self.inner.lock().unwrap().live.remove(refresh_token);
+    }
+
+    pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
+        self.inner.lock().unwrap().scripted.extend(answers);
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.inner.lock().unwrap().calls.len()
+    }
+
+    pub fn revoked_grants(&self) -> u32 {
+        self.inner.lock().unwrap().revoked_grants
+    }
+
+    /// Every access and refresh token this server handed out.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.lock().unwrap().issued.clone()
+    }
+
+    fn fresh(&self, prefix: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let token = format!(
+            "{prefix}-{n}-{nanos:09}-{:016x}",
+            ((n as u128 * 0x9e37_79b9_7f4a_7c15) ^ nanos as u128) as u64
+        );
+        self.inner.lock().unwrap().issued.push(token.clone());
+        token
+    }
+}
+
+fn form_field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let unescape = |s: &str| url_decode(s);
+    Some((unescape(id), unescape(secret)))
+}
+
+fn url_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = format!(r#"{{"error":"{error}","error_description":"{description}"}}"#);
+    (status, [("content-type", "application/json")], body).into_response()
+}
+
+async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: String) -> Response {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let refresh_token = form_field(&form, "refresh_token")
+        .unwrap_or_default()
+        .to_string();
+    let scripted = server.inner.lock().unwrap().scripted.pop_front();
+    let response = match scripted {
+        Some(answer) => {
+            tokio::time::sleep(answer.delay).await;
+            let mut response = (
+                StatusCode::from_u16(answer.status).unwrap(),
+                [("content-type", answer.content_type)],
+                answer.body,
+            )
+                .into_response();
+            if let Some(retry_after) = answer.retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_str(&retry_after).unwrap());
+            }
+            if let Some(location) = answer.location {
+                response
+                    .headers_mut()
+                    .insert("location", HeaderValue::from_str(&location).unwrap());
+            }
+            response
+        }
+        None => answer(&server, &headers, &form, &refresh_token),
+    };
+    server.inner.lock().unwrap().calls.push(Call {
+        at: SystemTime::now(),
+        refresh_token,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn answer(
+    server: &TokenServer,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+    refresh_token: &str,
+) -> Response {
+    let client = basic_credentials(headers).or_else(|| {
+        Some((
+            form_field(form, "client_id")?.to_string(),
+            form_field(form, "client_secret")?.to_string(),
+        ))
+    });
+    if client != Some((CLIENT_ID.to_string(), CLIENT_SECRET.to_string())) {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The OAuth client was not found.",
+        );
+    }
+    if form_field(form, "grant_type") != Some("refresh_token") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only refresh_token",
+        );
+    }
+    let (rotate, lifetime, scope) = {
+        let mut inner = server.inner.lock().unwrap();
+        if inner.retired.contains(refresh_token) {
+            // Replay of a rotated token: revoke every token of the grant.
+            inner.revoked_grants += 1;
+            inner.live.clear();
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "refresh token replayed; grant revoked",
+            );
+        }
+        if !inner.live.contains(refresh_token) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Token has been expired or revoked.",
+            );
+        }
+        (inner.rotate, inner.lifetime_secs, inner.scope.clone())
+    };
+    let access = server.fresh("at");
+    let mut body = serde_json::json!({
+        "access_token": access,
+        "expires_in": lifetime,
+        "token_type": "Bearer",
+        "scope": scope,
+    });
+    if rotate {
+        let next = server.fresh("rt");
+        let mut inner = server.inner.lock().unwrap();
+        inner.live.remove(refresh_token);
+        inner.retired.insert(refresh_token.to_string());
+        inner.live.insert(next.clone());
+        body["refresh_token"] = serde_json::Value::String(next);
+    }
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
