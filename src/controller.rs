@@ -217,7 +217,6 @@ pub async fn reconcile(
     credential: Arc<OAuthCredential>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    ctx.owned_secrets.wait_until_ready().await.ok();
     let credential = ctx.current(credential).await;
     let now = ctx.now();
     let output = ctx.output_secret(&credential).await?;
@@ -535,31 +534,30 @@ impl Context {
             &format!("{seed}/{expires_at}"),
         );
         let secret = output_secret::build(credential, &token, expires_at);
-        match output {
-            OutputSecret::Absent => match secrets.create(&PostParams::default(), &secret).await {
-                Ok(_) => {}
-                // Someone created a Secret of that name since we looked.
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    let desired =
-                        status::after_conflict(old, now, generation, &spec.output.secret_name);
-                    self.write_status(credential, desired).await?;
-                    return Ok(Action::await_change());
-                }
-                Err(error) => return Err(kube_err("create output Secret")(error)),
-            },
-            OutputSecret::Owned => {
-                secrets
-                    .patch(
-                        &spec.output.secret_name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&secret),
-                    )
-                    .await
-                    .map_err(kube_err("update output Secret"))?;
+        let written = match output {
+            OutputSecret::Absent => secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .map(drop),
+            OutputSecret::Owned => secrets
+                .patch(
+                    &spec.output.secret_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .map(drop),
+            // `decide` plans no refresh into a foreign Secret; should one
+            // appear anyway, it is reported, never written.
+            OutputSecret::Foreign => return self.report_conflict(credential, now).await,
+        };
+        match written {
+            Ok(()) => {}
+            // Someone created a Secret of that name since we looked.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                return self.report_conflict(credential, now).await;
             }
-            OutputSecret::Foreign => {
-                unreachable!("decide never plans a refresh into a foreign Secret")
-            }
+            Err(error) => return Err(kube_err("write output Secret")(error)),
         }
 
         let desired = status::after_success(
@@ -591,6 +589,24 @@ impl Context {
             [Some(refresh_at), next_change].into_iter().flatten().min(),
             now,
         ))
+    }
+
+    /// The output name belongs to someone else: say so and wait. The Secret
+    /// watch reconciles again when that Secret goes.
+    async fn report_conflict(
+        &self,
+        credential: &OAuthCredential,
+        now: Timestamp,
+    ) -> Result<Action, Error> {
+        let generation = credential.metadata.generation.unwrap_or(0);
+        let desired = status::after_conflict(
+            credential.status.as_ref(),
+            now,
+            generation,
+            &credential.spec.output.secret_name,
+        );
+        self.write_status(credential, desired).await?;
+        Ok(Action::await_change())
     }
 
     async fn record_failure(

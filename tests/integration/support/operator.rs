@@ -44,7 +44,11 @@ impl Operator {
             ])
             .args(["--token-request-timeout", "5s"])
             .args(&self.extra_args)
-            .env("RUST_LOG", "info,oauth_token_operator=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("OTO_TEST_OPERATOR_LOG")
+                    .unwrap_or_else(|_| "info,oauth_token_operator=debug".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -92,6 +96,18 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the operator said.
+        if thread::panicking() {
+            let output = self.output();
+            let lines: Vec<&str> = output.lines().collect();
+            eprintln!(
+                "--- last operator output ({} lines in all) ---",
+                lines.len()
+            );
+            for line in &lines[lines.len().saturating_sub(150)..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
