@@ -9,6 +9,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::controller::{self, ControllerConfig};
+use crate::keys::{self, KeySource, Keys};
 use crate::resource::OAuthCredential;
 use crate::schedule::parse_duration;
 use crate::token_client::TokenClientConfig;
@@ -64,6 +65,29 @@ pub struct RunArgs {
     /// This instance's name in events; in a cluster, the pod name.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+
+    /// The operator's own namespace, where it keeps its seal-key Secret (and,
+    /// with leader election, its Lease). Default: the kubeconfig's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+
+    /// Read the seal key ring from this file (mount it from a Secret). The
+    /// file is re-read every 10 s. Format: see the README, "Sealing".
+    #[arg(
+        long,
+        env = "OAUTH_TOKEN_OPERATOR_SEAL_KEYS_FILE",
+        conflicts_with = "seal_keys_secret"
+    )]
+    pub seal_keys_file: Option<std::path::PathBuf>,
+
+    /// Without --seal-keys-file: the Secret in the operator's namespace that
+    /// holds the key ring; created with a new random key if it does not exist.
+    #[arg(
+        long,
+        env = "OAUTH_TOKEN_OPERATOR_SEAL_KEYS_SECRET",
+        default_value = "oauth-token-operator-seal-keys"
+    )]
+    pub seal_keys_secret: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -103,6 +127,27 @@ fn init_logging(format: LogFormat) {
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     init_logging(args.log_format);
     let client = kube::Client::try_default().await?;
+    let operator_namespace = args
+        .operator_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let key_source = match args.seal_keys_file.clone() {
+        Some(path) => KeySource::File(path),
+        None => KeySource::Secret {
+            namespace: operator_namespace.clone(),
+            name: args.seal_keys_secret.clone(),
+        },
+    };
+    let ring = keys::load(&client, &key_source).await?;
+    info!(source = %key_source, primary = ring.primary(), key_ids = ?ring.key_ids(), "seal keys loaded");
+    let keys = Keys::new(ring);
+    let (keys_changed_tx, keys_changed) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(keys::keep_current(
+        client.clone(),
+        key_source,
+        keys.clone(),
+        keys_changed_tx,
+    ));
     let config = ControllerConfig {
         concurrency: args.concurrency,
         watch_namespace: args.watch_namespace,
@@ -119,7 +164,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
         insecure_loopback_http = config.token_client.allow_insecure_loopback_http,
         "starting controller"
     );
-    controller::run(client, config, shutdown_signal()).await;
+    controller::run(client, config, keys, keys_changed, shutdown_signal()).await;
     info!("stopped");
     Ok(())
 }

@@ -35,13 +35,15 @@ use tracing::{debug, info, warn};
 
 use crate::classify::FailureClass;
 use crate::decision::{self, OutputSecret, Plan, RefreshReason, View};
+use crate::keys::Keys;
 use crate::output_secret::{self, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::references::SecretReferences;
 use crate::resource::{
     ClientSecretRef, FORCE_REFRESH_ANNOTATION, FailureCategory, Inputs, OAuthCredential,
-    OAuthCredentialStatus,
+    OAuthCredentialStatus, RefreshTokenState,
 };
 use crate::schedule::{self, BackoffClass};
+use crate::seal::{self, KeyRing, OpenError};
 use crate::status::{self, Failed, Success, reason};
 use crate::token_client::{ClientCredentials, TokenClient, TokenClientConfig, TokenEndpoint};
 
@@ -67,6 +69,10 @@ pub struct Context {
     recorder: Recorder,
     credentials: Store<OAuthCredential>,
     owned_secrets: Store<PartialObjectMeta<Secret>>,
+    references: SecretReferences,
+    keys: Keys,
+    /// Refresh-token Secret versions already inspected with nothing to do.
+    inspected: Mutex<HashMap<ObjectRef<OAuthCredential>, String>>,
     allow_insecure_loopback_http: bool,
     clock: fn() -> Timestamp,
     /// Status we wrote that the credential cache may not show yet.
@@ -105,6 +111,8 @@ fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
 pub async fn run(
     client: Client,
     config: ControllerConfig,
+    keys: Keys,
+    keys_changed: tokio::sync::mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     // `Api<PartialObjectMeta<_>>` requests metadata only: no Secret data
@@ -140,10 +148,17 @@ pub async fn run(
     .reflect(owned_writer)
     .touched_objects();
 
-    // Every other Secret's metadata streams through without being stored.
+    // Every other Secret's metadata streams through without being stored;
+    // only the versions of referenced ones are remembered.
+    let versions = references.clone();
     let referenced_stream = watcher(secrets_api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .inspect_ok(move |event| versions.observe_secret(event))
         .touched_objects();
+    // A new key ring re-reconciles everything, so old keys go out of use.
+    let rekeyed = futures::stream::unfold(keys_changed, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    });
 
     let tokens = TokenClient::new(&config.token_client).expect("the token HTTP client builds");
     let reporter = Reporter {
@@ -156,6 +171,9 @@ pub async fn run(
         recorder: Recorder::new(client, reporter),
         credentials: credentials.clone(),
         owned_secrets,
+        references: references.clone(),
+        keys,
+        inspected: Mutex::new(HashMap::new()),
         allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
         clock: Timestamp::now,
         written: Mutex::new(HashMap::new()),
@@ -176,6 +194,7 @@ pub async fn run(
                 }
             },
         )
+        .reconcile_all_on(rekeyed)
         .with_config(RuntimeConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -218,6 +237,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let credential = ctx.current(credential).await;
+    let credential = ctx.keep_sealed(credential).await?;
     let now = ctx.now();
     let output = ctx.output_secret(&credential).await?;
     let status = credential.status.as_ref();
@@ -316,29 +336,199 @@ impl Context {
         ))
     }
 
-    /// Versions of the inputs, read from metadata only.
+    /// Versions of the inputs, from the Secret watch (read when it has not
+    /// reported them yet).
     async fn input_versions(&self, credential: &OAuthCredential) -> Result<Inputs, Error> {
-        let secrets: Api<Secret> = Api::namespaced(
-            self.client.clone(),
-            &credential.namespace().unwrap_or_default(),
-        );
-        let client = secrets
-            .get_metadata_opt(&credential.spec.client_secret_ref.name)
-            .await
-            .map_err(kube_err("read client Secret metadata"))?;
-        let refresh = secrets
-            .get_metadata_opt(&credential.spec.refresh_token_secret_ref.name)
-            .await
-            .map_err(kube_err("read refresh-token Secret metadata"))?;
         Ok(Inputs {
             generation: credential.metadata.generation.unwrap_or(0),
-            client_secret_version: client
-                .and_then(|s| s.metadata.resource_version)
-                .unwrap_or_default(),
-            refresh_token_secret_version: refresh
-                .and_then(|s| s.metadata.resource_version)
-                .unwrap_or_default(),
+            client_secret_version: self
+                .secret_version(credential, &credential.spec.client_secret_ref.name)
+                .await?,
+            refresh_token_secret_version: self
+                .secret_version(credential, &credential.spec.refresh_token_secret_ref.name)
+                .await?,
         })
+    }
+
+    /// The current resourceVersion of a Secret in the credential's namespace,
+    /// empty when it does not exist.
+    async fn secret_version(
+        &self,
+        credential: &OAuthCredential,
+        name: &str,
+    ) -> Result<String, Error> {
+        let ns = credential.namespace().unwrap_or_default();
+        if let Some(version) = self.references.version(&ns, name) {
+            return Ok(version);
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let found = secrets
+            .get_metadata_opt(name)
+            .await
+            .map_err(kube_err("read Secret metadata"))?;
+        let version = found
+            .and_then(|s| s.metadata.resource_version)
+            .unwrap_or_default();
+        self.references.remember_version(&ns, name, &version);
+        Ok(version)
+    }
+
+    /// Keeps the stored refresh token sealed under the primary key: a
+    /// plaintext token (put there by a person) is sealed in place on first
+    /// sight and its plaintext key removed; a token sealed under another key is
+    /// re-sealed. Reads the Secret only when its version differs from the one
+    /// last seen, or the primary key changed.
+    async fn keep_sealed(
+        &self,
+        credential: Arc<OAuthCredential>,
+    ) -> Result<Arc<OAuthCredential>, Error> {
+        let keys = self.keys.current();
+        let name = &credential.spec.refresh_token_secret_ref.name;
+        let version = self.secret_version(&credential, name).await?;
+        let known = credential
+            .status
+            .as_ref()
+            .and_then(|s| s.refresh_token.as_ref());
+        let key = ObjectRef::from_obj(credential.as_ref());
+        let seen = known.is_some_and(|k| k.secret_version == version)
+            || self.inspected.lock().expect("lock").get(&key) == Some(&version);
+        let stale_key = known
+            .and_then(|k| k.sealed_with.as_deref())
+            .is_some_and(|id| id != keys.primary());
+        if version.is_empty() || (seen && !stale_key) {
+            return Ok(credential);
+        }
+
+        let ns = credential.namespace().unwrap_or_default();
+        let cred_name = credential.name_any();
+        let field = &credential.spec.refresh_token_secret_ref.key;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let Some(secret) = secrets
+            .get_opt(name)
+            .await
+            .map_err(kube_err("read refresh-token Secret"))?
+        else {
+            return Ok(credential);
+        };
+        let current_version = version_of(Some(&secret));
+        let (token, resealing) =
+            match stored_refresh_token(Some(&secret), field, &keys, &ns, &cred_name) {
+                Stored::Plain(token) => (token, false),
+                Stored::Sealed { token, key_id } if key_id != keys.primary() => (token, true),
+                Stored::Sealed { key_id, .. } => {
+                    // Already sealed under the primary key: remember, write nothing.
+                    if known.and_then(|k| k.sealed_with.as_deref()) == Some(key_id.as_str())
+                        || known.is_none()
+                    {
+                        self.inspected
+                            .lock()
+                            .expect("lock")
+                            .insert(key, current_version);
+                        return Ok(credential);
+                    }
+                    let mut status = credential.status.clone().unwrap_or_default();
+                    status.refresh_token = Some(RefreshTokenState {
+                        secret_version: current_version,
+                        sealed_with: Some(key_id),
+                    });
+                    return self.with_status(credential, status).await;
+                }
+                Stored::Missing | Stored::Unreadable(_) => {
+                    // Reported when a refresh is attempted.
+                    self.inspected
+                        .lock()
+                        .expect("lock")
+                        .insert(key, current_version);
+                    return Ok(credential);
+                }
+            };
+        let new_version = self
+            .store_sealed_refresh_token(&secrets, secret, field, &token, &keys, &ns, &cred_name)
+            .await?;
+        info!(
+            namespace = ns,
+            name = cred_name,
+            key_id = keys.primary(),
+            resealed = resealing,
+            "sealed the stored refresh token"
+        );
+        let mut status = credential.status.clone().unwrap_or_default();
+        status.refresh_token = Some(RefreshTokenState {
+            secret_version: new_version.clone(),
+            sealed_with: Some(keys.primary().to_string()),
+        });
+        // Re-sealing is our own write, not new input: a failure waiting for a
+        // new refresh token keeps waiting.
+        if resealing
+            && let Some(failure) = status.last_failure.as_mut()
+            && failure.inputs.refresh_token_secret_version == current_version
+        {
+            failure.inputs.refresh_token_secret_version = new_version;
+        }
+        self.with_status(credential, status).await
+    }
+
+    /// Writes `status` (if changed) and returns the credential as it now is.
+    async fn with_status(
+        &self,
+        credential: Arc<OAuthCredential>,
+        status: OAuthCredentialStatus,
+    ) -> Result<Arc<OAuthCredential>, Error> {
+        self.write_status(&credential, status).await?;
+        let key = ObjectRef::from_obj(credential.as_ref());
+        let written = self.written.lock().expect("lock").get(&key).cloned();
+        let mut updated = (*credential).clone();
+        if let Some(written) = written {
+            updated.status = Some(written);
+        }
+        Ok(Arc::new(updated))
+    }
+
+    /// Writes the refresh token, sealed under the primary key, into the
+    /// refresh-token Secret (removing any plaintext copy), under a
+    /// resourceVersion precondition; on a conflict it re-reads and writes the
+    /// same token again, never exchanging anything a second time. Returns the
+    /// Secret's new resourceVersion.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_sealed_refresh_token(
+        &self,
+        secrets: &Api<Secret>,
+        mut current: Secret,
+        key: &str,
+        token: &SecretString,
+        keys: &KeyRing,
+        namespace: &str,
+        credential: &str,
+    ) -> Result<String, Error> {
+        const ATTEMPTS: u32 = 5;
+        let sealed = keys.seal(token, namespace, credential);
+        for _ in 0..ATTEMPTS {
+            let name = current.name_any();
+            current.metadata.managed_fields = None;
+            current.string_data = None;
+            let data = current.data.get_or_insert_with(Default::default);
+            data.remove(key);
+            data.insert(sealed_key(key), ByteString(sealed.clone().into_bytes()));
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match secrets.replace(&name, &params, &current).await {
+                Ok(written) => {
+                    let version = version_of(Some(&written));
+                    self.references.remember_version(namespace, &name, &version);
+                    return Ok(version);
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    current = secrets
+                        .get(&name)
+                        .await
+                        .map_err(kube_err("re-read refresh-token Secret"))?;
+                }
+                Err(error) => return Err(kube_err("store the sealed refresh token")(error)),
+            }
+        }
+        Err(Error::RotationNotStored(ATTEMPTS))
     }
 
     /// Nothing to call: bring the status up to date with the clock (a token
@@ -432,20 +622,46 @@ impl Context {
             }
         };
         let refresh_key = &spec.refresh_token_secret_ref.key;
-        let Some(refresh_token) = secret_value(refresh_secret.as_ref(), refresh_key) else {
-            let message = format!(
-                "Secret {} has no non-empty key {refresh_key:?}; store a refresh token there, for example with \
-                 `oauth-token-operator authorize {ns}/{name}`",
-                spec.refresh_token_secret_ref.name
-            );
-            let failed = Failed {
-                category: FailureCategory::ReauthRequired,
-                reason: reason::REFRESH_TOKEN_MISSING,
-                message,
-                retry_at: None,
-                ..base
-            };
-            return self.record_failure(credential, failed, why).await;
+        let keys = self.keys.current();
+        let (refresh_token, sealed_with) = match stored_refresh_token(
+            refresh_secret.as_ref(),
+            refresh_key,
+            &keys,
+            &ns,
+            &name,
+        ) {
+            Stored::Plain(token) => (token, None),
+            Stored::Sealed { token, key_id } => (token, Some(key_id)),
+            Stored::Missing => {
+                let message = format!(
+                    "Secret {} has no non-empty key {refresh_key:?}; store a refresh token there, for example with \
+                     `oauth-token-operator authorize {ns}/{name}`",
+                    spec.refresh_token_secret_ref.name
+                );
+                let failed = Failed {
+                    category: FailureCategory::ReauthRequired,
+                    reason: reason::REFRESH_TOKEN_MISSING,
+                    message,
+                    retry_at: None,
+                    ..base
+                };
+                return self.record_failure(credential, failed, why).await;
+            }
+            Stored::Unreadable(error) => {
+                let message = format!(
+                    "{error}; store a new refresh token in Secret {} (for example with `oauth-token-operator authorize {ns}/{name}`), \
+                     or restore the seal key",
+                    spec.refresh_token_secret_ref.name
+                );
+                let failed = Failed {
+                    category: FailureCategory::ReauthRequired,
+                    reason: reason::SEALED_TOKEN_UNREADABLE,
+                    message,
+                    retry_at: None,
+                    ..base
+                };
+                return self.record_failure(credential, failed, why).await;
+            }
         };
         let endpoint =
             match TokenEndpoint::from_provider(&spec.provider, self.allow_insecure_loopback_http) {
@@ -492,8 +708,11 @@ impl Context {
                     FailureClass::Configuration => Some(BackoffClass::Configuration),
                     FailureClass::Transient => Some(BackoffClass::Transient),
                 };
+                // From the precise time of the answer: retry_time rounds up,
+                // so a Retry-After is never cut short by the truncation.
+                let answered_at = (self.clock)();
                 let retry_at = backoff.map(|class| {
-                    schedule::retry_time(now, class, attempts, failure.retry_after, &seed)
+                    schedule::retry_time(answered_at, class, attempts, failure.retry_after, &seed)
                 });
                 let failed = Failed::from_classified(
                     &failure,
@@ -517,11 +736,28 @@ impl Context {
             }
         };
 
-        // A rotated refresh token is the only copy of the grant: store it
-        // before anything else.
+        // A rotated refresh token is the only copy of the grant: store it,
+        // sealed, before anything else.
+        let mut refresh_state = RefreshTokenState {
+            secret_version: version_of(refresh_secret.as_ref()),
+            sealed_with,
+        };
         if let (Some(rotated), Some(current)) = (&token.refresh_token, refresh_secret) {
-            self.store_rotated_refresh_token(&secrets, current, refresh_key, rotated)
+            let version = self
+                .store_sealed_refresh_token(
+                    &secrets,
+                    current,
+                    refresh_key,
+                    rotated,
+                    &keys,
+                    &ns,
+                    &name,
+                )
                 .await?;
+            refresh_state = RefreshTokenState {
+                secret_version: version,
+                sealed_with: Some(keys.primary().to_string()),
+            };
         }
 
         let lifetime =
@@ -570,6 +806,7 @@ impl Context {
                 scope: token.scope.as_deref(),
                 output_secret: &spec.output.secret_name,
                 forced,
+                refresh_token: refresh_state,
             },
         );
         info!(
@@ -635,49 +872,6 @@ impl Context {
         ))
     }
 
-    /// Writes the refresh-token Secret with the rotated token, under a
-    /// resourceVersion precondition; on a conflict it re-reads and writes the
-    /// same new token again (never exchanging the old one a second time).
-    async fn store_rotated_refresh_token(
-        &self,
-        secrets: &Api<Secret>,
-        mut current: Secret,
-        key: &str,
-        token: &SecretString,
-    ) -> Result<(), Error> {
-        const ATTEMPTS: u32 = 5;
-        for _ in 0..ATTEMPTS {
-            let name = current.name_any();
-            current.metadata.managed_fields = None;
-            current.string_data = None;
-            current.data.get_or_insert_with(Default::default).insert(
-                key.to_string(),
-                ByteString(token.expose_secret().as_bytes().to_vec()),
-            );
-            match secrets
-                .replace(
-                    &name,
-                    &PostParams {
-                        field_manager: Some(FIELD_MANAGER.into()),
-                        ..Default::default()
-                    },
-                    &current,
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    current = secrets
-                        .get(&name)
-                        .await
-                        .map_err(kube_err("re-read refresh-token Secret"))?;
-                }
-                Err(error) => return Err(kube_err("store rotated refresh token")(error)),
-            }
-        }
-        Err(Error::RotationNotStored(ATTEMPTS))
-    }
-
     /// Writes the status if it differs from the stored one, then emits the
     /// events its transitions call for.
     async fn write_status(
@@ -737,6 +931,45 @@ fn stored_form(status: OAuthCredentialStatus) -> OAuthCredentialStatus {
     serde_json::to_value(&status)
         .and_then(serde_json::from_value)
         .expect("status round-trips through JSON")
+}
+
+/// Where a credential's refresh token is stored, sealed: `<key>.sealed`.
+pub fn sealed_key(key: &str) -> String {
+    format!("{key}.sealed")
+}
+
+/// The refresh token as stored in its Secret.
+enum Stored {
+    Missing,
+    /// In plain text under the configured key: new, not yet sealed.
+    Plain(SecretString),
+    Sealed {
+        token: SecretString,
+        key_id: String,
+    },
+    Unreadable(OpenError),
+}
+
+fn stored_refresh_token(
+    secret: Option<&Secret>,
+    key: &str,
+    keys: &KeyRing,
+    namespace: &str,
+    credential: &str,
+) -> Stored {
+    // A plaintext value is a token a person just supplied: it wins.
+    if let Some(token) = secret_value(secret, key) {
+        return Stored::Plain(token);
+    }
+    let Some(sealed) = secret_value(secret, &sealed_key(key)) else {
+        return Stored::Missing;
+    };
+    let sealed = sealed.expose_secret();
+    let key_id = seal::key_id_of(sealed).unwrap_or_default().to_string();
+    match keys.open(sealed, namespace, credential) {
+        Ok(token) => Stored::Sealed { token, key_id },
+        Err(error) => Stored::Unreadable(error),
+    }
 }
 
 fn version_of(secret: Option<&Secret>) -> String {

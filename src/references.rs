@@ -31,6 +31,9 @@ struct Index {
 #[derive(Clone, Default)]
 pub struct SecretReferences {
     index: Arc<RwLock<Index>>,
+    /// (namespace, secret name) → resourceVersion, for referenced Secrets
+    /// only: lets a reconcile tell whether an input changed without a read.
+    versions: Arc<RwLock<HashMap<Key, String>>>,
 }
 
 impl SecretReferences {
@@ -58,9 +61,10 @@ impl SecretReferences {
         if index.by_credential.get(&key) == Some(&names) {
             return;
         }
-        if let Some(old) = index.by_credential.remove(&key) {
-            unlink(&mut index, &namespace, &name, &old);
-        }
+        let orphaned = match index.by_credential.remove(&key) {
+            Some(old) => unlink(&mut index, &namespace, &name, &old),
+            None => Vec::new(),
+        };
         for secret in &names {
             index
                 .by_secret
@@ -69,6 +73,16 @@ impl SecretReferences {
                 .insert(name.clone());
         }
         index.by_credential.insert(key, names);
+        self.forget_versions(&index, orphaned);
+    }
+
+    fn forget_versions(&self, index: &Index, orphaned: Vec<Key>) {
+        let mut versions = self.versions.write().expect("versions lock");
+        for key in orphaned {
+            if !index.by_secret.contains_key(&key) {
+                versions.remove(&key);
+            }
+        }
     }
 
     pub fn remove(&self, credential: &OAuthCredential) {
@@ -83,6 +97,51 @@ impl SecretReferences {
         {
             unlink(&mut index, &namespace, &name, &old);
         }
+    }
+
+    /// Records the version of a Secret seen by the Secret watch, if any
+    /// credential references it.
+    pub fn observe_secret<K: kube::Resource>(&self, event: &watcher::Event<K>) {
+        let (secret, deleted) = match event {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s, false),
+            watcher::Event::Delete(s) => (s, true),
+            watcher::Event::Init | watcher::Event::InitDone => return,
+        };
+        let meta = secret.meta();
+        let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+            return;
+        };
+        let key = (namespace, name);
+        let mut versions = self.versions.write().expect("versions lock");
+        if deleted {
+            versions.insert(key, String::new());
+        } else if self
+            .index
+            .read()
+            .expect("index lock")
+            .by_secret
+            .contains_key(&key)
+        {
+            versions.insert(key, meta.resource_version.clone().unwrap_or_default());
+        }
+    }
+
+    /// The last seen version of a referenced Secret (empty when it does not
+    /// exist), if the watch has reported it.
+    pub fn version(&self, namespace: &str, secret: &str) -> Option<String> {
+        self.versions
+            .read()
+            .expect("versions lock")
+            .get(&(namespace.to_string(), secret.to_string()))
+            .cloned()
+    }
+
+    /// Remembers a version learnt by reading the Secret directly.
+    pub fn remember_version(&self, namespace: &str, secret: &str, version: &str) {
+        self.versions.write().expect("versions lock").insert(
+            (namespace.to_string(), secret.to_string()),
+            version.to_string(),
+        );
     }
 
     /// The credentials in `namespace` that reference the Secret `secret`.
@@ -105,16 +164,21 @@ impl SecretReferences {
     }
 }
 
-fn unlink(index: &mut Index, namespace: &str, credential: &str, secrets: &[String; 3]) {
+/// Unlinks a credential from its Secrets; returns the Secrets no credential
+/// references any more.
+fn unlink(index: &mut Index, namespace: &str, credential: &str, secrets: &[String; 3]) -> Vec<Key> {
+    let mut orphaned = Vec::new();
     for secret in secrets {
         let key = (namespace.to_string(), secret.clone());
         if let Some(set) = index.by_secret.get_mut(&key) {
             set.remove(credential);
             if set.is_empty() {
                 index.by_secret.remove(&key);
+                orphaned.push(key);
             }
         }
     }
+    orphaned
 }
 
 #[cfg(test)]

@@ -68,6 +68,13 @@ pub const REAUTH_REQUIRED: &str = "ReauthRequired";
         description = "When the next call to the token endpoint is scheduled"
     ),
     printcolumn(
+        name = "Sealed With",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.refreshToken.sealedWith",
+        description = "Id of the seal key protecting the stored refresh token"
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         priority = 1,
@@ -293,6 +300,23 @@ pub struct OAuthCredentialStatus {
     /// The last value of the force-refresh annotation that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_forced_refresh: Option<String>,
+
+    /// The stored refresh token as the operator last saw or wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<RefreshTokenState>,
+}
+
+/// What the operator knows of the refresh-token Secret, never its value.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshTokenState {
+    /// `resourceVersion` of the refresh-token Secret when the operator last
+    /// read or wrote it.
+    pub secret_version: String,
+    /// Id of the seal key the stored refresh token is sealed with. During a
+    /// key rotation, the ids still listed here are the keys still in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_with: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

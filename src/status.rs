@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::classify::{self, FailureClass};
 use crate::resource::{
     Condition, Failure, FailureCategory, Inputs, OAuthCredentialStatus, READY, REAUTH_REQUIRED,
+    RefreshTokenState,
 };
 
 /// Reasons of the `Ready` condition that are not failure reasons.
@@ -26,6 +27,7 @@ pub mod reason {
     pub const CLIENT_SECRET_MISSING: &str = "ClientSecretMissing";
     pub const INVALID_TOKEN_ENDPOINT: &str = "InvalidTokenEndpoint";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SEALED_TOKEN_UNREADABLE: &str = "SealedTokenUnreadable";
 }
 
 /// A refresh that succeeded.
@@ -38,6 +40,8 @@ pub struct Success<'a> {
     pub output_secret: &'a str,
     /// The force-refresh annotation value this attempt acted on.
     pub forced: Option<&'a str>,
+    /// The refresh-token Secret after this refresh (and any rotation).
+    pub refresh_token: RefreshTokenState,
 }
 
 /// A failed attempt, or an attempt that could not be made.
@@ -96,6 +100,7 @@ pub fn after_success(old: Option<&OAuthCredentialStatus>, s: Success<'_>) -> OAu
     status.last_refresh_time = Some(Time(s.now));
     status.failed_attempts = 0;
     status.granted_scopes = s.scope.map(split_scopes).unwrap_or_default();
+    status.refresh_token = Some(s.refresh_token);
     if let Some(forced) = s.forced {
         status.last_forced_refresh = Some(forced.to_string());
     }
@@ -416,6 +421,7 @@ mod tests {
             scope: Some("b a"),
             output_secret: "out",
             forced: None,
+            refresh_token: RefreshTokenState::default(),
         }
     }
 

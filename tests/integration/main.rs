@@ -5,5 +5,6 @@
 mod control_plane_smoke;
 mod crd;
 mod operator;
+mod sealing;
 mod support;
 mod token_client;

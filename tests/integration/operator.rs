@@ -531,14 +531,19 @@ async fn a_rotated_refresh_token_is_stored_and_used_for_the_next_refresh() {
         );
         assert!(server.calls().iter().all(|c| c.status == 200));
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let stored = secrets.get("rot-refresh").await.unwrap().data.unwrap()["refresh_token"]
-            .0
-            .clone();
-        assert_ne!(
-            String::from_utf8(stored).unwrap(),
-            first,
-            "the rotated token replaced the first one"
+        let data = secrets.get("rot-refresh").await.unwrap().data.unwrap();
+        assert!(
+            !data.contains_key("refresh_token"),
+            "no plaintext copy is kept"
         );
+        let stored = String::from_utf8(data["refresh_token.sealed"].0.clone()).unwrap();
+        assert!(
+            stored.starts_with("oto-sealed:v1:"),
+            "the rotated token is stored sealed"
+        );
+        for token in server.issued_tokens().iter().chain([&first]) {
+            assert!(!stored.contains(token.as_str()), "no token in clear");
+        }
         assert_no_token_leaked(&client, &ns, &server, &operator).await;
     })
     .await;

@@ -40,6 +40,8 @@ impl Operator {
                 "run",
                 "--watch-namespace",
                 &self.namespace,
+                "--operator-namespace",
+                &self.namespace,
                 "--allow-insecure-loopback-http",
             ])
             .args(["--token-request-timeout", "5s"])
@@ -81,6 +83,13 @@ impl Operator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub async fn restart(&mut self) {
