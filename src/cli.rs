@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
-use tracing::info;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::controller::{self, ControllerConfig};
 use crate::keys::{self, KeySource, Keys};
+use crate::leader::Fence;
 use crate::resource::OAuthCredential;
 use crate::schedule::parse_duration;
 use crate::token_client::TokenClientConfig;
@@ -29,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller against the cluster of the current kubeconfig (or
     /// the in-cluster service account).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the OAuthCredential CustomResourceDefinition as YAML.
     Crd,
 }
@@ -53,8 +55,8 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub token_connect_timeout: Duration,
 
-    /// Time allowed for a whole token request, answer included, e.g. `20s`.
-    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_REQUEST_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    /// Time allowed for a whole token request, answer included, e.g. `10s`.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub token_request_timeout: Duration,
 
     /// Log format: `plain` for people, `json` for log pipelines. The level is
@@ -80,6 +82,30 @@ pub struct RunArgs {
     )]
     pub seal_keys_file: Option<std::path::PathBuf>,
 
+    /// Elect a leader on a Lease in the operator's namespace; only the leader
+    /// reconciles. Turn on whenever more than one replica runs.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "OAUTH_TOKEN_OPERATOR_LEASE_NAME",
+        default_value = "oauth-token-operator"
+    )]
+    pub lease_name: String,
+
+    /// How long a Lease holds without renewal; a standby takes over at most
+    /// this long after the leader dies. Whole seconds.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long before expiry the leader renews the Lease. Must exceed
+    /// --token-request-timeout by at least 1 s: the leader starts a
+    /// token-endpoint call only if its Lease outlasts the call.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_RENEW_BEFORE", default_value = "15s", value_parser = parse_duration)]
+    pub lease_renew_before: Duration,
+
     /// Without --seal-keys-file: the Secret in the operator's namespace that
     /// holds the key ring; created with a new random key if it does not exist.
     #[arg(
@@ -103,7 +129,7 @@ pub async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + 
             print!("{}", crd_yaml());
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
@@ -141,32 +167,135 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
     let ring = keys::load(&client, &key_source).await?;
     info!(source = %key_source, primary = ring.primary(), key_ids = ?ring.key_ids(), "seal keys loaded");
     let keys = Keys::new(ring);
-    let (keys_changed_tx, keys_changed) = tokio::sync::mpsc::channel(1);
+    let (keys_changed_tx, keys_changed) = tokio::sync::watch::channel(0u64);
     tokio::spawn(keys::keep_current(
         client.clone(),
         key_source,
         keys.clone(),
         keys_changed_tx,
     ));
-    let config = ControllerConfig {
+    let mut config = ControllerConfig {
         concurrency: args.concurrency,
-        watch_namespace: args.watch_namespace,
+        watch_namespace: args.watch_namespace.clone(),
         token_client: TokenClientConfig {
             connect_timeout: args.token_connect_timeout,
             request_timeout: args.token_request_timeout,
             allow_insecure_loopback_http: args.allow_insecure_loopback_http,
         },
-        instance: args.instance,
+        instance: args.instance.clone(),
+        fence: Fence::open(),
     };
     info!(
         concurrency = config.concurrency,
         namespace = config.watch_namespace.as_deref().unwrap_or("<all>"),
         insecure_loopback_http = config.token_client.allow_insecure_loopback_http,
-        "starting controller"
+        leader_election = args.leader_election,
+        "starting"
     );
-    controller::run(client, config, keys, keys_changed, shutdown_signal()).await;
-    info!("stopped");
-    Ok(())
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    if !args.leader_election {
+        controller::run(client, config, keys, keys_changed, stopped(stop)).await;
+        info!("stopped");
+        return Ok(());
+    }
+
+    let identity = args.instance.clone().unwrap_or_else(default_identity);
+    let budget = args.token_request_timeout + Duration::from_secs(1);
+    if budget >= args.lease_renew_before || args.lease_renew_before >= args.lease_duration {
+        return Err(format!(
+            "need --token-request-timeout + 1s < --lease-renew-before < --lease-duration (got {:?}, {:?}, {:?})",
+            args.token_request_timeout, args.lease_renew_before, args.lease_duration
+        )
+        .into());
+    }
+    config.fence = Fence::watching(
+        client.clone(),
+        &operator_namespace,
+        &args.lease_name,
+        &identity,
+        budget,
+    );
+    loop {
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&operator_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration.as_secs())
+            .with_grace(args.lease_renew_before.as_secs())
+            .with_field_manager(controller::FIELD_MANAGER)
+            .build()
+            .await?;
+        let (mut leading, lease_task) = manager.watch().await;
+        info!(
+            identity,
+            lease = format!("{operator_namespace}/{}", args.lease_name),
+            "standing by for leadership"
+        );
+        let mut stopping = stop.clone();
+        let became = tokio::select! {
+            became = leading.wait_for(|leader| *leader) => Some(became.is_ok()),
+            _ = stopping.wait_for(|stop| *stop) => None,
+        };
+        match became {
+            Some(true) => {}
+            Some(false) => return Err("the lease manager stopped".into()),
+            None => {
+                drop(leading);
+                let _ = lease_task.await;
+                info!("stopped");
+                return Ok(());
+            }
+        }
+        info!(identity, "became the leader");
+        let mut watching = leading.clone();
+        let lost = async move {
+            let _ = watching.wait_for(|leader| !*leader).await;
+        };
+        let stop_or_lost = {
+            let stopping = stopped(stop.clone());
+            async move {
+                tokio::select! {
+                    _ = lost => {}
+                    _ = stopping => {}
+                }
+            }
+        };
+        controller::run(
+            client.clone(),
+            config.clone(),
+            keys.clone(),
+            keys_changed.clone(),
+            stop_or_lost,
+        )
+        .await;
+        // Closing the channel makes the lease manager release the Lease, so a
+        // standby takes over at once rather than when it expires.
+        drop(leading);
+        match lease_task.await {
+            Ok(Ok(_)) => info!("released the lease"),
+            Ok(Err(error)) => warn!(%error, "could not release the lease; it expires by itself"),
+            Err(error) => warn!(%error, "lease task failed"),
+        }
+        if *stop.borrow() {
+            info!("stopped");
+            return Ok(());
+        }
+        warn!(identity, "lost leadership; standing by again");
+    }
+}
+
+/// Completes once a shutdown was requested.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 async fn shutdown_signal() {

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::classify::FailureClass;
 use crate::decision::{self, OutputSecret, Plan, RefreshReason, View};
 use crate::keys::Keys;
+use crate::leader::Fence;
 use crate::output_secret::{self, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::references::SecretReferences;
 use crate::resource::{
@@ -60,6 +61,8 @@ pub struct ControllerConfig {
     pub token_client: TokenClientConfig,
     /// Name of this instance in events (pod name in a cluster).
     pub instance: Option<String>,
+    /// Whether this replica may call token endpoints right now.
+    pub fence: Fence,
 }
 
 /// Everything a reconcile needs. Built once, shared.
@@ -71,6 +74,7 @@ pub struct Context {
     owned_secrets: Store<PartialObjectMeta<Secret>>,
     references: SecretReferences,
     keys: Keys,
+    fence: Fence,
     /// Refresh-token Secret versions already inspected with nothing to do.
     inspected: Mutex<HashMap<ObjectRef<OAuthCredential>, String>>,
     allow_insecure_loopback_http: bool,
@@ -112,7 +116,7 @@ pub async fn run(
     client: Client,
     config: ControllerConfig,
     keys: Keys,
-    keys_changed: tokio::sync::mpsc::Receiver<()>,
+    keys_changed: tokio::sync::watch::Receiver<u64>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     // `Api<PartialObjectMeta<_>>` requests metadata only: no Secret data
@@ -157,7 +161,7 @@ pub async fn run(
         .touched_objects();
     // A new key ring re-reconciles everything, so old keys go out of use.
     let rekeyed = futures::stream::unfold(keys_changed, |mut rx| async move {
-        rx.recv().await.map(|()| ((), rx))
+        rx.changed().await.ok().map(|()| ((), rx))
     });
 
     let tokens = TokenClient::new(&config.token_client).expect("the token HTTP client builds");
@@ -174,6 +178,7 @@ pub async fn run(
         references: references.clone(),
         keys,
         inspected: Mutex::new(HashMap::new()),
+        fence: config.fence.clone(),
         allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
         clock: Timestamp::now,
         written: Mutex::new(HashMap::new()),
@@ -693,6 +698,15 @@ impl Context {
         };
 
         let sent_at = self.now();
+        // Fencing: a replica whose hold on the Lease might end during the
+        // call does not start it; the next leader will.
+        if !self.fence.allows((self.clock)()) {
+            debug!(
+                namespace = ns,
+                name, "not calling the token endpoint: leadership not assured for the call"
+            );
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         let started = Instant::now();
         let result = self
             .tokens

@@ -16,7 +16,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use secrecy::ExposeSecret;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::output_secret::{MANAGED_BY, MANAGED_BY_LABEL};
@@ -172,12 +172,12 @@ async fn create_secret(client: &Client, namespace: &str, name: &str) -> Result<K
 }
 
 /// Re-reads the ring every `RELOAD_INTERVAL`; on a change, swaps it in and
-/// sends on `changed`. A ring that fails to load is logged and not used.
+/// bumps `changed`. A ring that fails to load is logged and not used.
 pub async fn keep_current(
     client: Client,
     source: KeySource,
     keys: Keys,
-    changed: mpsc::Sender<()>,
+    changed: watch::Sender<u64>,
 ) {
     let mut interval = tokio::time::interval(RELOAD_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,7 +189,7 @@ pub async fn keep_current(
                 if ring.primary() != current.primary() || ring.key_ids() != current.key_ids() {
                     info!(source = %source, primary = ring.primary(), key_ids = ?ring.key_ids(), "seal keys changed");
                     keys.replace(ring);
-                    let _ = changed.try_send(());
+                    changed.send_modify(|generation| *generation += 1);
                 }
             }
             Ok(None) => {

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod controller;
 pub mod decision;
 pub mod keys;
+pub mod leader;
 pub mod output_secret;
 pub mod references;
 pub mod resource;

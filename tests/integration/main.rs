@@ -4,6 +4,7 @@
 
 mod control_plane_smoke;
 mod crd;
+mod leader;
 mod operator;
 mod sealing;
 mod support;

@@ -44,7 +44,7 @@ impl Operator {
                 &self.namespace,
                 "--allow-insecure-loopback-http",
             ])
-            .args(["--token-request-timeout", "5s"])
+            .args(["--token-request-timeout", "3s"])
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",

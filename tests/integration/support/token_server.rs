@@ -76,6 +76,8 @@ pub struct Call {
     pub at: SystemTime,
     pub refresh_token: String,
     pub status: u16,
+    /// The grant the presented refresh token belongs to, if it is known.
+    pub grant: Option<u64>,
 }
 
 #[derive(Default)]
@@ -88,6 +90,8 @@ struct Inner {
     /// Rotated-away tokens; presenting one revokes its whole grant.
     retired: HashSet<String>,
     revoked_grants: u32,
+    /// Refresh token → the grant it belongs to (rotation keeps the grant).
+    grants: std::collections::HashMap<String, u64>,
     scripted: VecDeque<Scripted>,
     calls: Vec<Call>,
     issued: Vec<String>,
@@ -139,8 +143,10 @@ impl TokenServer {
     /// Issues a new grant and returns its refresh token.
     pub fn new_grant(&self) -> String {
         let token = self.fresh("rt");
+        let grant = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.inner.lock().unwrap();
         inner.live.insert(token.clone());
+        inner.grants.insert(token.clone(), grant);
         token
     }
 
@@ -244,11 +250,15 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
         }
         None => answer(&server, &headers, &form, &refresh_token),
     };
-    server.inner.lock().unwrap().calls.push(Call {
+    let mut inner = server.inner.lock().unwrap();
+    let grant = inner.grants.get(&refresh_token).copied();
+    inner.calls.push(Call {
         at: SystemTime::now(),
         refresh_token,
         status: response.status().as_u16(),
+        grant,
     });
+    drop(inner);
     response
 }
 
@@ -312,6 +322,9 @@ fn answer(
         inner.live.remove(refresh_token);
         inner.retired.insert(refresh_token.to_string());
         inner.live.insert(next.clone());
+        if let Some(grant) = inner.grants.get(refresh_token).copied() {
+            inner.grants.insert(next.clone(), grant);
+        }
         body["refresh_token"] = serde_json::Value::String(next);
     }
     (
