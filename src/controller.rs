@@ -75,6 +75,8 @@ pub struct Context {
     references: SecretReferences,
     keys: Keys,
     fence: Fence,
+    /// Rotated refresh tokens received but not yet stored (the write failed).
+    unstored_rotations: Mutex<HashMap<ObjectRef<OAuthCredential>, SecretString>>,
     /// Refresh-token Secret versions already inspected with nothing to do.
     inspected: Mutex<HashMap<ObjectRef<OAuthCredential>, String>>,
     allow_insecure_loopback_http: bool,
@@ -179,6 +181,7 @@ pub async fn run(
         keys,
         inspected: Mutex::new(HashMap::new()),
         fence: config.fence.clone(),
+        unstored_rotations: Mutex::new(HashMap::new()),
         allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
         clock: Timestamp::now,
         written: Mutex::new(HashMap::new()),
@@ -584,10 +587,49 @@ impl Context {
             .get_opt(&spec.client_secret_ref.name)
             .await
             .map_err(kube_err("read client Secret"))?;
-        let refresh_secret = secrets
+        let mut refresh_secret = secrets
             .get_opt(&spec.refresh_token_secret_ref.name)
             .await
             .map_err(kube_err("read refresh-token Secret"))?;
+        // A rotated token that an earlier attempt received but could not
+        // store is the grant's only valid token: store it before anything,
+        // and never exchange the old one again.
+        let cred_key = ObjectRef::from_obj(credential);
+        let unstored = self
+            .unstored_rotations
+            .lock()
+            .expect("lock")
+            .remove(&cred_key);
+        if let Some(rotated) = unstored {
+            match refresh_secret.clone() {
+                Some(current) => {
+                    let keys = self.keys.current();
+                    let key = &spec.refresh_token_secret_ref.key;
+                    if let Err(error) = self
+                        .store_sealed_refresh_token(
+                            &secrets, current, key, &rotated, &keys, &ns, &name,
+                        )
+                        .await
+                    {
+                        self.unstored_rotations
+                            .lock()
+                            .expect("lock")
+                            .insert(cred_key, rotated);
+                        return Err(error);
+                    }
+                    refresh_secret = secrets
+                        .get_opt(&spec.refresh_token_secret_ref.name)
+                        .await
+                        .map_err(kube_err("read refresh-token Secret"))?;
+                }
+                None => {
+                    self.unstored_rotations
+                        .lock()
+                        .expect("lock")
+                        .insert(cred_key, rotated);
+                }
+            }
+        }
         let inputs = Inputs {
             generation,
             client_secret_version: version_of(client_secret.as_ref()),
@@ -757,7 +799,7 @@ impl Context {
             sealed_with,
         };
         if let (Some(rotated), Some(current)) = (&token.refresh_token, refresh_secret) {
-            let version = self
+            let stored = self
                 .store_sealed_refresh_token(
                     &secrets,
                     current,
@@ -767,7 +809,19 @@ impl Context {
                     &ns,
                     &name,
                 )
-                .await?;
+                .await;
+            let version = match stored {
+                Ok(version) => version,
+                Err(error) => {
+                    // Kept in memory and stored first on the next attempt.
+                    let key = ObjectRef::from_obj(credential);
+                    self.unstored_rotations
+                        .lock()
+                        .expect("lock")
+                        .insert(key, rotated.clone());
+                    return Err(error);
+                }
+            };
             refresh_state = RefreshTokenState {
                 secret_version: version,
                 sealed_with: Some(keys.primary().to_string()),

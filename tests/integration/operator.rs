@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use oauth_token_operator::resource::{
-    ClientAuthentication, FORCE_REFRESH_ANNOTATION, OAuthCredential, READY, REAUTH_REQUIRED,
+    ClientAuthentication, OAuthCredential, READY, REAUTH_REQUIRED,
 };
 use serde_json::json;
 
@@ -19,18 +19,6 @@ use crate::support::token_server::{Scripted, TokenServer};
 use crate::support::{eventually, with_namespace};
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
-
-async fn force_refresh(client: &kube::Client, ns: &str, name: &str, value: &str) {
-    let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), ns);
-    credentials
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {FORCE_REFRESH_ANNOTATION: value}}})),
-        )
-        .await
-        .expect("annotate");
-}
 
 #[tokio::test]
 async fn a_credential_becomes_ready_with_its_token_in_an_owned_secret() {

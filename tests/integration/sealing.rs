@@ -107,26 +107,36 @@ async fn a_sealed_value_that_does_not_open_asks_for_consent_without_crashing_or_
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let encoded = base64::engine::general_purpose::STANDARD.encode(&moved);
         secrets
-            .patch("one-refresh", &PatchParams::default(), &Patch::Merge(json!({"data": {"refresh_token.sealed": encoded}})))
-            .await
-            .unwrap();
-        let credentials: Api<oauth_token_operator::resource::OAuthCredential> = Api::namespaced(client.clone(), &ns);
-        credentials
             .patch(
-                "one",
+                "one-refresh",
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"oauth.tokenoperator.io/refresh-requested-at": "now"}}})),
+                &Patch::Merge(json!({"data": {"refresh_token.sealed": encoded}})),
             )
             .await
             .unwrap();
-        let status = wait_for_condition(&client, &ns, "one", REAUTH_REQUIRED, "True", READY_WITHIN).await;
+        force_refresh(&client, &ns, "one", "now").await;
+        let status =
+            wait_for_condition(&client, &ns, "one", REAUTH_REQUIRED, "True", READY_WITHIN).await;
         let reauth = status.condition(REAUTH_REQUIRED).unwrap();
         assert_eq!(reauth.reason, "SealedTokenUnreadable");
-        assert!(reauth.message.contains("sealed for another credential or namespace"), "{}", reauth.message);
+        assert!(
+            reauth
+                .message
+                .contains("sealed for another credential or namespace"),
+            "{}",
+            reauth.message
+        );
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(server.call_count(), calls, "an unreadable token is never sent");
+        assert_eq!(
+            server.call_count(),
+            calls,
+            "an unreadable token is never sent"
+        );
         assert!(operator.is_running(), "no crash");
-        assert!(status_of(&client, &ns, "two").await.is_true(READY), "the other credential is unaffected");
+        assert!(
+            status_of(&client, &ns, "two").await.is_true(READY),
+            "the other credential is unaffected"
+        );
         assert_no_token_leaked(&client, &ns, &server, &operator).await;
     })
     .await;
@@ -151,39 +161,50 @@ async fn rotating_the_seal_key_reseals_every_credential_and_the_old_key_can_go()
         }
         for name in names {
             let status = wait_for_condition(&client, &ns, name, READY, "True", READY_WITHIN).await;
-            assert_eq!(status.refresh_token.unwrap().sealed_with.as_deref(), Some("old"));
+            assert_eq!(
+                status.refresh_token.unwrap().sealed_with.as_deref(),
+                Some("old")
+            );
         }
 
         // 1. Add a key and make it primary: every credential is re-sealed.
-        std::fs::write(&file, format!("primary: new\nkeys:\n  old: {}\n  new: {}\n", key(1), key(2))).unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "primary: new\nkeys:\n  old: {}\n  new: {}\n",
+                key(1),
+                key(2)
+            ),
+        )
+        .unwrap();
         for name in names {
-            eventually(&format!("{name} re-sealed under the new key"), Duration::from_secs(40), || async {
-                let status = status_of(&client, &ns, name).await;
-                let sealed = refresh_secret_data(&client, &ns, name).await["refresh_token.sealed"].clone();
-                (status.refresh_token.and_then(|r| r.sealed_with).as_deref() == Some("new")
-                    && sealed.starts_with("oto-sealed:v1:new:"))
-                .then_some(())
-            })
+            eventually(
+                &format!("{name} re-sealed under the new key"),
+                Duration::from_secs(40),
+                || async {
+                    let status = status_of(&client, &ns, name).await;
+                    let sealed =
+                        refresh_secret_data(&client, &ns, name).await["refresh_token.sealed"]
+                            .clone();
+                    (status.refresh_token.and_then(|r| r.sealed_with).as_deref() == Some("new")
+                        && sealed.starts_with("oto-sealed:v1:new:"))
+                    .then_some(())
+                },
+            )
             .await;
         }
         // 2. Remove the old key: everything still refreshes.
         std::fs::write(&file, format!("primary: new\nkeys:\n  new: {}\n", key(2))).unwrap();
         tokio::time::sleep(Duration::from_secs(12)).await;
         let calls = server.call_count();
-        let credentials: Api<oauth_token_operator::resource::OAuthCredential> = Api::namespaced(client.clone(), &ns);
         for name in names {
-            credentials
-                .patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"annotations": {"oauth.tokenoperator.io/refresh-requested-at": "after-rotation"}}})),
-                )
-                .await
-                .unwrap();
+            force_refresh(&client, &ns, name, "after-rotation").await;
         }
-        eventually("a refresh per credential after the old key is gone", READY_WITHIN, || async {
-            (server.call_count() >= calls + names.len()).then_some(())
-        })
+        eventually(
+            "a refresh per credential after the old key is gone",
+            READY_WITHIN,
+            || async { (server.call_count() >= calls + names.len()).then_some(()) },
+        )
         .await;
         for name in names {
             let status = status_of(&client, &ns, name).await;

@@ -10,8 +10,8 @@ use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use oauth_token_operator::resource::{
-    ClientAuthentication, ClientSecretRef, OAuthCredential, OAuthCredentialSpec,
-    OAuthCredentialStatus, Output, Provider, RefreshTokenSecretRef,
+    ClientAuthentication, ClientSecretRef, FORCE_REFRESH_ANNOTATION, OAuthCredential,
+    OAuthCredentialSpec, OAuthCredentialStatus, Output, Provider, READY, RefreshTokenSecretRef,
 };
 
 use super::eventually;
@@ -255,4 +255,33 @@ pub async fn assert_no_token_leaked(
         !logs.contains(CLIENT_SECRET),
         "the client secret appears in the operator's log"
     );
+}
+
+/// Asks for a refresh now through the force-refresh annotation.
+pub async fn force_refresh(client: &Client, ns: &str, name: &str, value: &str) {
+    let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), ns);
+    let annotation =
+        serde_json::json!({"metadata": {"annotations": {FORCE_REFRESH_ANNOTATION: value}}});
+    credentials
+        .patch(name, &PatchParams::default(), &Patch::Merge(annotation))
+        .await
+        .expect("annotate credential");
+}
+
+/// Creates `count` credentials named `<prefix>1`.. and waits until all are Ready.
+pub async fn create_ready_credentials(
+    client: &Client,
+    ns: &str,
+    server: &TokenServer,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let names: Vec<String> = (1..=count).map(|i| format!("{prefix}{i}")).collect();
+    for name in &names {
+        create_credential(client, ns, server, name).await;
+    }
+    for name in &names {
+        wait_for_condition(client, ns, name, READY, "True", Duration::from_secs(40)).await;
+    }
+    names
 }

@@ -89,3 +89,12 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A number in [0, 1) that differs from run to run, for random kill moments.
+pub fn random_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}

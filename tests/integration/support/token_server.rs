@@ -87,9 +87,16 @@ struct Inner {
     scope: String,
     /// Refresh tokens that currently work.
     live: HashSet<String>,
-    /// Rotated-away tokens; presenting one revokes its whole grant.
-    retired: HashSet<String>,
+    /// Rotated-away tokens and when; presenting one revokes its whole grant,
+    /// unless within `reuse_grace` of its rotation.
+    retired: std::collections::HashMap<String, std::time::Instant>,
     revoked_grants: u32,
+    /// Like the reuse interval or rotation grace period of real providers
+    /// (Auth0, Okta, Keycloak): a rotated-away token still works this long.
+    /// Zero (the default) is strict.
+    reuse_grace: Duration,
+    /// For each accepted reuse: how long after its rotation it came.
+    reuses: Vec<Duration>,
     /// Refresh token → the grant it belongs to (rotation keeps the grant).
     grants: std::collections::HashMap<String, u64>,
     scripted: VecDeque<Scripted>,
@@ -165,6 +172,16 @@ impl TokenServer {
 
     pub fn call_count(&self) -> usize {
         self.inner.lock().unwrap().calls.len()
+    }
+
+    /// Accept a rotated-away token for this long after its rotation.
+    pub fn allow_reuse_within(&self, grace: Duration) {
+        self.inner.lock().unwrap().reuse_grace = grace;
+    }
+
+    /// How long after its rotation each accepted reuse came.
+    pub fn reuses(&self) -> Vec<Duration> {
+        self.inner.lock().unwrap().reuses.clone()
     }
 
     pub fn revoked_grants(&self) -> u32 {
@@ -290,15 +307,23 @@ fn answer(
     }
     let (rotate, lifetime, scope) = {
         let mut inner = server.inner.lock().unwrap();
-        if inner.retired.contains(refresh_token) {
-            // Replay of a rotated token: revoke every token of the grant.
-            inner.revoked_grants += 1;
-            inner.live.clear();
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
-                "refresh token replayed; grant revoked",
-            );
+        let grant = inner.grants.get(refresh_token).copied();
+        if let Some(retired_at) = inner.retired.get(refresh_token).copied() {
+            // The grant's newer tokens are void either way.
+            let grants = inner.grants.clone();
+            inner.live.retain(|t| grants.get(t) != grant.as_ref());
+            let since = retired_at.elapsed();
+            if since > inner.reuse_grace {
+                // Replay of a rotated token: revoke the whole grant.
+                inner.revoked_grants += 1;
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "refresh token replayed; grant revoked",
+                );
+            }
+            inner.reuses.push(since);
+            inner.live.insert(refresh_token.to_string());
         }
         if !inner.live.contains(refresh_token) {
             return oauth_error(
@@ -320,7 +345,9 @@ fn answer(
         let next = server.fresh("rt");
         let mut inner = server.inner.lock().unwrap();
         inner.live.remove(refresh_token);
-        inner.retired.insert(refresh_token.to_string());
+        inner
+            .retired
+            .insert(refresh_token.to_string(), std::time::Instant::now());
         inner.live.insert(next.clone());
         if let Some(grant) = inner.grants.get(refresh_token).copied() {
             inner.grants.insert(next.clone(), grant);
