@@ -9,9 +9,13 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use std::sync::Arc;
+
+use crate::admin::{self, Health};
 use crate::controller::{self, ControllerConfig};
 use crate::keys::{self, KeySource, Keys};
 use crate::leader::Fence;
+use crate::metrics::Metrics;
 use crate::resource::OAuthCredential;
 use crate::schedule::parse_duration;
 use crate::token_client::TokenClientConfig;
@@ -106,6 +110,14 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_RENEW_BEFORE", default_value = "15s", value_parser = parse_duration)]
     pub lease_renew_before: Duration,
 
+    /// Address of the admin server (`/metrics`, `/livez`, `/readyz`).
+    #[arg(
+        long,
+        env = "OAUTH_TOKEN_OPERATOR_ADMIN_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_address: std::net::SocketAddr,
+
     /// Without --seal-keys-file: the Secret in the operator's namespace that
     /// holds the key ring; created with a new random key if it does not exist.
     #[arg(
@@ -141,9 +153,12 @@ pub fn crd_yaml() -> String {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in files or pipelines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -152,6 +167,9 @@ fn init_logging(format: LogFormat) {
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     init_logging(args.log_format);
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    admin::serve(args.admin_address, metrics.clone(), health.clone()).await?;
     let client = kube::Client::try_default().await?;
     let operator_namespace = args
         .operator_namespace
@@ -184,6 +202,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
         },
         instance: args.instance.clone(),
         fence: Fence::open(),
+        metrics: metrics.clone(),
+        health: health.clone(),
     };
     info!(
         concurrency = config.concurrency,
@@ -199,6 +219,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
         let _ = stop_tx.send(true);
     });
     if !args.leader_election {
+        metrics.set_leader(true);
         controller::run(client, config, keys, keys_changed, stopped(stop)).await;
         info!("stopped");
         return Ok(());
@@ -235,6 +256,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
             lease = format!("{operator_namespace}/{}", args.lease_name),
             "standing by for leadership"
         );
+        // A standby that knows it is one is ready.
+        metrics.set_leader(false);
+        health.set_ready(true);
         let mut stopping = stop.clone();
         let became = tokio::select! {
             became = leading.wait_for(|leader| *leader) => Some(became.is_ok()),
@@ -251,6 +275,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
             }
         }
         info!(identity, "became the leader");
+        metrics.set_leader(true);
+        health.set_ready(false);
         let mut watching = leading.clone();
         let lost = async move {
             let _ = watching.wait_for(|leader| !*leader).await;

@@ -33,10 +33,12 @@ use serde_json::json;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::admin::Health;
 use crate::classify::FailureClass;
 use crate::decision::{self, OutputSecret, Plan, RefreshReason, View};
 use crate::keys::Keys;
 use crate::leader::Fence;
+use crate::metrics::Metrics;
 use crate::output_secret::{self, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::references::SecretReferences;
 use crate::resource::{
@@ -63,6 +65,8 @@ pub struct ControllerConfig {
     pub instance: Option<String>,
     /// Whether this replica may call token endpoints right now.
     pub fence: Fence,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 /// Everything a reconcile needs. Built once, shared.
@@ -75,6 +79,7 @@ pub struct Context {
     references: SecretReferences,
     keys: Keys,
     fence: Fence,
+    metrics: Arc<Metrics>,
     /// Rotated refresh tokens received but not yet stored (the write failed).
     unstored_rotations: Mutex<HashMap<ObjectRef<OAuthCredential>, SecretString>>,
     /// Refresh-token Secret versions already inspected with nothing to do.
@@ -135,10 +140,17 @@ pub async fn run(
 
     let (credentials, credentials_writer) = reflector::store();
     let index = references.clone();
+    let synced = config.health.clone();
     let credential_stream = watcher(credentials_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(strip_cached_fields)
-        .inspect_ok(move |event| index.observe(event))
+        .inspect_ok(move |event| {
+            index.observe(event);
+            // Ready once the first full list is in the cache.
+            if matches!(event, watcher::Event::InitDone) {
+                synced.set_ready(true);
+            }
+        })
         .reflect(credentials_writer)
         .applied_objects();
 
@@ -181,11 +193,25 @@ pub async fn run(
         keys,
         inspected: Mutex::new(HashMap::new()),
         fence: config.fence.clone(),
+        metrics: config.metrics.clone(),
         unstored_rotations: Mutex::new(HashMap::new()),
         allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
         clock: Timestamp::now,
         written: Mutex::new(HashMap::new()),
     });
+
+    // Gauges follow the cache. (Never await the store's readiness here:
+    // kube-runtime wakes only its most recent waiter, and the controller
+    // itself waits on it.)
+    let background = {
+        let (store, metrics) = (credentials.clone(), config.metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                metrics.observe(store.state().iter().map(|c| c.as_ref()));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
 
     Controller::for_stream(credential_stream, credentials)
         .owns_stream(owned_stream)
@@ -212,6 +238,8 @@ pub async fn run(
             }
         })
         .await;
+    background.abort();
+    config.health.set_ready(false);
 }
 
 /// Cached copies keep only what reconciles read.
@@ -223,7 +251,8 @@ fn strip_cached_fields<K: Resource>(object: &mut K) {
     }
 }
 
-fn error_policy(credential: Arc<OAuthCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(credential: Arc<OAuthCredential>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(error.category());
     warn!(
         namespace = credential.namespace().unwrap_or_default(),
         name = credential.name_any(),
@@ -756,6 +785,11 @@ impl Context {
             .await;
         let latency = started.elapsed();
         let now = self.now();
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(failure) => failure.reason,
+        };
+        self.metrics.refresh(outcome, latency);
         let token = match result {
             Ok(token) => token,
             Err(failure) => {

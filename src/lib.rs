@@ -13,12 +13,14 @@
 //! - `cli`: subcommands and flags; `tls`: the process-wide rustls provider.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod classify;
 pub mod cli;
 pub mod controller;
 pub mod decision;
 pub mod keys;
 pub mod leader;
+pub mod metrics;
 pub mod output_secret;
 pub mod references;
 pub mod resource;

@@ -2,6 +2,7 @@
 //! use the real control plane started by `scripts/control-plane up` (the test
 //! command `scripts/test` does that) and fail, never skip, when it is missing.
 
+mod admin;
 mod control_plane_smoke;
 mod crash;
 mod crd;

@@ -43,6 +43,8 @@ impl Operator {
                 "--operator-namespace",
                 &self.namespace,
                 "--allow-insecure-loopback-http",
+                "--admin-address",
+                "127.0.0.1:0",
             ])
             .args(["--token-request-timeout", "3s"])
             .args(&self.extra_args)
@@ -95,6 +97,25 @@ impl Operator {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.spawn();
+    }
+
+    /// The admin server's base URL, once the operator has logged it.
+    pub async fn admin_url(&self) -> String {
+        for _ in 0..100 {
+            let output = self.output();
+            let found = output
+                .lines()
+                .filter(|l| l.contains("admin server listening"))
+                .find_map(|line| {
+                    let rest = &line[line.find("address=")? + "address=".len()..];
+                    Some(rest.split_whitespace().next()?.to_string())
+                });
+            if let Some(address) = found {
+                return format!("http://{address}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the operator never logged its admin address");
     }
 
     pub fn output(&self) -> String {

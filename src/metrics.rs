@@ -1,0 +1,231 @@
+//! Prometheus metrics. Every label has a small, fixed set of values (outcome
+//! reasons, error categories, condition states): never a name, a namespace or
+//! an error text, so cardinality stays bounded at any number of credentials.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::resource::{OAuthCredential, READY, REAUTH_REQUIRED};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabels {
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    ready: &'static str,
+    reauth_required: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    refresh_attempts: Family<OutcomeLabels, Counter>,
+    refresh_duration: Histogram,
+    reconcile_errors: Family<CategoryLabels, Counter>,
+    credentials: Family<ConditionLabels, Gauge>,
+    earliest_expiry: Gauge<f64, AtomicU64>,
+    next_refresh: Gauge<f64, AtomicU64>,
+    leader: Gauge<i64, AtomicI64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("oauth_token_operator");
+        let refresh_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "refresh_attempts",
+            "Calls to token endpoints, by outcome: success, or the failure reason (e.g. InvalidGrant, RateLimited)",
+            refresh_attempts.clone(),
+        );
+        let refresh_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "refresh_duration_seconds",
+            "Time a token-endpoint call took, answer included",
+            refresh_duration.clone(),
+        );
+        let reconcile_errors = Family::<CategoryLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed and were retried, by category (kubernetes-api, rotation-conflict)",
+            reconcile_errors.clone(),
+        );
+        let credentials = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "credentials",
+            "OAuthCredentials by the status of their Ready and ReauthRequired conditions",
+            credentials.clone(),
+        );
+        let earliest_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "earliest_expiry_timestamp_seconds",
+            "Unix time at which the first access token among all credentials expires (0 when none)",
+            earliest_expiry.clone(),
+        );
+        let next_refresh = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "next_refresh_timestamp_seconds",
+            "Unix time of the next scheduled token-endpoint call among all credentials (0 when none)",
+            next_refresh.clone(),
+        );
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller, else 0",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            refresh_attempts,
+            refresh_duration,
+            reconcile_errors,
+            credentials,
+            earliest_expiry,
+            next_refresh,
+            leader,
+        }
+    }
+
+    /// One token-endpoint call and how long it took.
+    pub fn refresh(&self, outcome: &'static str, took: Duration) {
+        self.refresh_attempts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.refresh_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_error(&self, category: &'static str) {
+        self.reconcile_errors
+            .get_or_create(&CategoryLabels { category })
+            .inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Recomputes the per-credential gauges from the cached credentials.
+    pub fn observe<'a>(&self, credentials: impl IntoIterator<Item = &'a OAuthCredential>) {
+        const STATES: [&str; 3] = ["True", "False", "Unknown"];
+        let mut counts = [[0i64; 3]; 3];
+        let mut earliest: Option<Timestamp> = None;
+        let mut next: Option<Timestamp> = None;
+        let state = |value: Option<&str>| match value {
+            Some("True") => 0,
+            Some("False") => 1,
+            _ => 2,
+        };
+        for credential in credentials {
+            let status = credential.status.as_ref();
+            let ready = state(
+                status
+                    .and_then(|s| s.condition(READY))
+                    .map(|c| c.status.as_str()),
+            );
+            let reauth = state(
+                status
+                    .and_then(|s| s.condition(REAUTH_REQUIRED))
+                    .map(|c| c.status.as_str()),
+            );
+            counts[ready][reauth] += 1;
+            if let Some(at) = status.and_then(|s| s.expires_at.as_ref()) {
+                earliest = Some(earliest.map_or(at.0, |e| e.min(at.0)));
+            }
+            if let Some(at) = status.and_then(|s| s.refresh_at.as_ref()) {
+                next = Some(next.map_or(at.0, |n| n.min(at.0)));
+            }
+        }
+        for (r, ready) in STATES.iter().enumerate() {
+            for (a, reauth_required) in STATES.iter().enumerate() {
+                self.credentials
+                    .get_or_create(&ConditionLabels {
+                        ready,
+                        reauth_required,
+                    })
+                    .set(counts[r][a]);
+            }
+        }
+        self.earliest_expiry
+            .set(earliest.map_or(0.0, |t| t.as_second() as f64));
+        self.next_refresh
+            .set(next.map_or(0.0, |t| t.as_second() as f64));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_and_conditions_are_counted_with_bounded_labels() {
+        let metrics = Metrics::new();
+        metrics.refresh("success", Duration::from_millis(20));
+        metrics.refresh("success", Duration::from_millis(30));
+        metrics.refresh("InvalidGrant", Duration::from_millis(10));
+        metrics.reconcile_error("kubernetes-api");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"oauth_token_operator_refresh_attempts_total{outcome="success"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"oauth_token_operator_refresh_attempts_total{outcome="InvalidGrant"} 1"#
+            )
+        );
+        assert!(text.contains("oauth_token_operator_refresh_duration_seconds_count 3"));
+        assert!(text.contains(
+            r#"oauth_token_operator_reconcile_errors_total{category="kubernetes-api"} 1"#
+        ));
+        assert!(
+            text.contains("# HELP oauth_token_operator_refresh_attempts Calls to token endpoints")
+        );
+    }
+
+    #[test]
+    fn an_empty_cluster_reports_zero_timestamps() {
+        let metrics = Metrics::new();
+        metrics.observe([]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("oauth_token_operator_earliest_expiry_timestamp_seconds 0.0"),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"oauth_token_operator_credentials{ready="True",reauth_required="False"} 0"#
+        ));
+    }
+}
