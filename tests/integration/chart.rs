@@ -1,0 +1,202 @@
+//! The Helm chart: lints, renders with default and non-default values into
+//! objects the real API server accepts (server-side dry run), refuses invalid
+//! values through its schema, and ships the generated CRD.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Api, Discovery};
+use serde_json::Value;
+
+use crate::support::fixtures::ensure_crd;
+use crate::support::{eventually, with_namespace};
+
+fn chart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/oauth-token-operator")
+}
+
+fn helm(args: &[&str]) -> std::process::Output {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| {
+        panic!("HELM is not set: run `scripts/test`, or `export HELM=\"$(scripts/control-plane bin)/helm\"`")
+    });
+    Command::new(helm).args(args).output().expect("run helm")
+}
+
+fn render(namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "oto",
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = helm(&args);
+    assert!(
+        out.status.success(),
+        "helm template {sets:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn the_chart_lints() {
+    let out = helm(&["lint", "--strict", chart().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_chart_ships_the_generated_crd() {
+    let shipped = std::fs::read_to_string(chart().join("crds/oauthcredentials.yaml")).unwrap();
+    assert!(
+        shipped == oauth_token_operator::cli::crd_yaml(),
+        "charts/oauth-token-operator/crds/oauthcredentials.yaml is stale: copy crds/oauthcredentials.yaml"
+    );
+}
+
+#[test]
+fn invalid_values_are_refused() {
+    for (set, says) in [
+        ("replicaCount=two", "replicaCount"),
+        ("logFormat=xml", "logFormat"),
+        ("tokenRequestTimeout=ten", "tokenRequestTimeout"),
+        ("noSuchValue=1", "noSuchValue"),
+        (
+            "leaderElection.enabled=false",
+            "leaderElection.enabled must be true when replicaCount > 1",
+        ),
+    ] {
+        let out = helm(&["template", "oto", chart().to_str().unwrap(), "--set", set]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(stderr.contains(says), "{set}: {stderr}");
+    }
+}
+
+#[test]
+fn the_defaults_run_two_restricted_replicas_with_leader_election() {
+    let objects = render("oto-system", &[]);
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-election"), "{args:?}");
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(
+        !kinds.contains(&"ServiceMonitor") && !kinds.contains(&"NetworkPolicy"),
+        "optional objects are off by default"
+    );
+}
+
+#[tokio::test]
+async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_values() {
+    with_namespace("chart", |client, ns| async move {
+        ensure_crd(&client).await;
+        let discovery = eventually("discovery", Duration::from_secs(20), || async {
+            Some(
+                Discovery::new(client.clone())
+                    .run()
+                    .await
+                    .expect("discovery"),
+            )
+        })
+        .await;
+        let variants: [&[&str]; 2] = [
+            &[],
+            &[
+                "replicaCount=1",
+                "leaderElection.enabled=false",
+                "networkPolicy.enabled=true",
+                "networkPolicy.apiServerCIDRs={10.0.0.1/32}",
+                "serviceMonitor.enabled=true",
+                "sealKeys.existingSecret=oto-seal-keys",
+                "watchNamespace=team-a",
+                "logFormat=plain",
+                "serviceAccount.name=custom-sa",
+            ],
+        ];
+        for sets in variants {
+            let objects = render(&ns, sets);
+            for object in objects {
+                let object: DynamicObject = serde_json::from_value(object).unwrap();
+                let types = object.types.clone().unwrap();
+                let gvk = GroupVersionKind::try_from(&types).unwrap();
+                if gvk.group == "monitoring.coreos.com" {
+                    // Its CRD is the Prometheus Operator's, not installed here.
+                    assert_eq!(gvk.kind, "ServiceMonitor");
+                    continue;
+                }
+                let (resource, capabilities) = discovery
+                    .resolve_gvk(&gvk)
+                    .unwrap_or_else(|| panic!("{sets:?}: unknown kind {gvk:?}"));
+                let api: Api<DynamicObject> = match capabilities.scope {
+                    Scope::Namespaced => Api::namespaced_with(client.clone(), &ns, &resource),
+                    Scope::Cluster => Api::all_with(client.clone(), &resource),
+                };
+                let name = object.metadata.name.clone().unwrap();
+                let params = PatchParams::apply("chart-test").dry_run();
+                if let Err(e) = api.patch(&name, &params, &Patch::Apply(&object)).await {
+                    panic!("{sets:?}: {gvk:?} {name} refused: {e}");
+                }
+            }
+        }
+    })
+    .await;
+}
