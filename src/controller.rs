@@ -1008,7 +1008,10 @@ impl Context {
             .lock()
             .expect("lock")
             .insert(ObjectRef::from_obj(credential), desired);
-        let reference = credential.object_ref(&());
+        // Without the resourceVersion, a repeat of the same event is
+        // recognised and aggregated (a series) instead of created anew.
+        let mut reference = credential.object_ref(&());
+        reference.resource_version = None;
         for notice in notices {
             let event = Event {
                 type_: if notice.warning {

@@ -9,6 +9,7 @@ mod crash;
 mod crd;
 mod leader;
 mod operator;
+mod rbac;
 mod sealing;
 mod support;
 mod token_client;

@@ -14,6 +14,7 @@ pub struct Operator {
     extra_args: Vec<String>,
     /// Everything every run of this operator printed.
     output: Arc<Mutex<String>>,
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Operator {
@@ -24,11 +25,22 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_kubeconfig(namespace, extra_args, None)
+    }
+
+    /// As `start_with`, with another kubeconfig (for example one that
+    /// impersonates a service account).
+    pub fn start_with_kubeconfig(
+        namespace: &str,
+        extra_args: &[&str],
+        kubeconfig: Option<&std::path::Path>,
+    ) -> Self {
         let mut operator = Operator {
             child: None,
             namespace: namespace.to_string(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             output: Arc::new(Mutex::new(String::new())),
+            kubeconfig: kubeconfig.map(|p| p.to_path_buf()),
         };
         operator.spawn();
         operator
@@ -52,6 +64,11 @@ impl Operator {
                 "RUST_LOG",
                 std::env::var("OTO_TEST_OPERATOR_LOG")
                     .unwrap_or_else(|_| "info,oauth_token_operator=debug".into()),
+            )
+            .envs(
+                self.kubeconfig
+                    .iter()
+                    .map(|path| ("KUBECONFIG", path.as_os_str())),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -157,6 +157,11 @@ impl TokenServer {
         token
     }
 
+    /// Revokes every refresh token issued so far.
+    pub fn revoke_all(&self) {
+        self.inner.lock().unwrap().live.clear();
+    }
+
     /// Revokes a refresh token: the next use gets `invalid_grant`.
     pub fn revoke(&self, refresh_token: &str) {
         self.inner.lock().unwrap().live.remove(refresh_token);

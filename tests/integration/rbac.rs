@@ -1,0 +1,313 @@
+//! The chart's RBAC is sufficient and minimal: the operator runs with exactly
+//! the chart's ServiceAccount permissions (impersonated) through a scenario
+//! that uses every permission; then, for each rule, the same scenario with
+//! that rule removed fails, and the operator reports a Forbidden answer.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Api, Client, Discovery};
+use oauth_token_operator::resource::{READY, REAUTH_REQUIRED};
+use serde_json::Value;
+
+use crate::support::fixtures::*;
+use crate::support::operator::Operator;
+use crate::support::token_server::TokenServer;
+use crate::support::with_namespace;
+
+/// The chart's ServiceAccount and RBAC objects for a release named `ns`.
+fn rbac_objects(ns: &str) -> Vec<Value> {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| {
+        panic!("HELM is not set: run `scripts/test`, or `export HELM=\"$(scripts/control-plane bin)/helm\"`")
+    });
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/oauth-token-operator");
+    let out = std::process::Command::new(helm)
+        .args(["template", ns, chart, "--namespace", ns])
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .filter(|v| {
+            matches!(
+                v["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .collect()
+}
+
+/// Every (kind, rule index) of the rendered roles.
+fn rules(objects: &[Value]) -> Vec<(String, usize, String)> {
+    let mut out = Vec::new();
+    for object in objects {
+        let kind = object["kind"].as_str().unwrap();
+        if let Some(rules) = object["rules"].as_array() {
+            for (i, rule) in rules.iter().enumerate() {
+                out.push((
+                    kind.to_string(),
+                    i,
+                    format!("{} {} {}", kind, rule["resources"], rule["verbs"]),
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn apply(client: &Client, objects: &[Value]) {
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    for object in objects {
+        let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+        let gvk = GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+        let (resource, caps) = discovery.resolve_gvk(&gvk).unwrap();
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                object.metadata.namespace.as_deref().unwrap(),
+                &resource,
+            ),
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(
+            object.metadata.name.as_deref().unwrap(),
+            &PatchParams::apply("rbac-test").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {gvk:?}: {e}"));
+    }
+}
+
+async fn delete_cluster_scoped(client: &Client, objects: &[Value]) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    for object in objects {
+        let name = object["metadata"]["name"].as_str().unwrap();
+        match object["kind"].as_str() {
+            Some("ClusterRole") => drop(
+                Api::<ClusterRole>::all(client.clone())
+                    .delete(name, &DeleteParams::default())
+                    .await,
+            ),
+            Some("ClusterRoleBinding") => drop(
+                Api::<ClusterRoleBinding>::all(client.clone())
+                    .delete(name, &DeleteParams::default())
+                    .await,
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// A kubeconfig that acts as the chart's ServiceAccount.
+fn impersonating_kubeconfig(ns: &str, service_account: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
+    let mut config: Value = serde_yaml_ng::from_str(&admin).unwrap();
+    for user in config["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = Value::String(format!("system:serviceaccount:{ns}:{service_account}"));
+    }
+    let path = std::env::temp_dir().join(format!("oto-{ns}.kubeconfig"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("timed out waiting for {what}"))
+}
+
+/// Uses every permission: lease, credential watch and status, Secret
+/// watch/read, output Secret create and patch, sealing (update), events and
+/// their aggregation (a repeated event is patched).
+async fn scenario(client: &Client, ns: &str, server: &TokenServer) -> Result<(), String> {
+    create_client_secret(client, ns).await;
+    create_credential(client, ns, server, "r").await;
+    let ready = || async { status_of(client, ns, "r").await.is_true(READY) };
+    until(Duration::from_secs(25), "Ready", ready).await?;
+    let sealed = || async {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let data = secrets
+            .get("r-refresh")
+            .await
+            .unwrap()
+            .data
+            .unwrap_or_default();
+        !data.contains_key("refresh_token") && data.contains_key("refresh_token.sealed")
+    };
+    until(Duration::from_secs(10), "the refresh token sealed", sealed).await?;
+    until(Duration::from_secs(15), "a second refresh", || async {
+        server.call_count() >= 2
+    })
+    .await?;
+    until(
+        Duration::from_secs(5),
+        "Ready after the second refresh",
+        ready,
+    )
+    .await?;
+    for round in 1..=2u32 {
+        server.revoke_all();
+        force_refresh(client, ns, "r", &format!("revoke-{round}")).await;
+        let reauth = || async { status_of(client, ns, "r").await.is_true(REAUTH_REQUIRED) };
+        until(Duration::from_secs(15), "ReauthRequired", reauth).await?;
+        let event = || async {
+            events_with_reason(client, ns, "ReauthRequired")
+                .await
+                .iter()
+                .any(|e| {
+                    round == 1
+                        || e.count.unwrap_or(1) >= 2
+                        || e.series.as_ref().is_some_and(|s| s.count.unwrap_or(0) >= 2)
+                })
+        };
+        let found = until(
+            Duration::from_secs(10),
+            "the ReauthRequired event (repeated: aggregated)",
+            event,
+        )
+        .await;
+        if let Err(why) = found {
+            let seen: Vec<String> = events_with_reason(client, ns, "ReauthRequired")
+                .await
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{:?} count={:?} series={:?}",
+                        e.metadata.name, e.count, e.series
+                    )
+                })
+                .collect();
+            return Err(format!("{why}; events: {seen:?}"));
+        }
+        if round == 1 {
+            let grant = server.new_grant();
+            put_refresh_token(client, ns, "r", &grant).await;
+            let recovered = || async {
+                status_of(client, ns, "r")
+                    .await
+                    .condition(REAUTH_REQUIRED)
+                    .is_some_and(|c| c.status == "False")
+            };
+            if let Err(why) = until(Duration::from_secs(15), "recovery", recovered).await {
+                let calls: Vec<String> = server
+                    .calls()
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {}",
+                            c.status,
+                            if c.refresh_token == grant {
+                                "new-grant"
+                            } else {
+                                "other"
+                            }
+                        )
+                    })
+                    .collect();
+                return Err(format!("{why}; calls: {calls:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+const ARGS: &[&str] = &[
+    "--leader-election",
+    "--lease-duration",
+    "8s",
+    "--lease-renew-before",
+    "5s",
+];
+
+async fn run_with(
+    client: Client,
+    ns: String,
+    drop_rule: Option<(String, usize)>,
+) -> (Result<(), String>, String) {
+    ensure_crd(&client).await;
+    let mut objects = rbac_objects(&ns);
+    if let Some((kind, index)) = &drop_rule {
+        let role = objects
+            .iter_mut()
+            .find(|o| o["kind"] == kind.as_str())
+            .unwrap();
+        role["rules"].as_array_mut().unwrap().remove(*index);
+    }
+    apply(&client, &objects).await;
+    let sa = objects
+        .iter()
+        .find(|o| o["kind"] == "ServiceAccount")
+        .unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kubeconfig = impersonating_kubeconfig(&ns, &sa);
+    let lease = format!("{ns}-oauth-token-operator");
+    let mut args = ARGS.to_vec();
+    args.extend(["--lease-name", &lease]);
+    let server = TokenServer::start(Duration::from_secs(6)).await;
+    server.rotate(true);
+    let operator = Operator::start_with_kubeconfig(&ns, &args, Some(&kubeconfig));
+    let result = scenario(&client, &ns, &server).await;
+    if result.is_ok() {
+        assert_no_token_leaked(&client, &ns, &server, &operator).await;
+    }
+    let output = operator.output();
+    drop(operator);
+    delete_cluster_scoped(&client, &objects).await;
+    let _ = std::fs::remove_file(kubeconfig);
+    (result, output)
+}
+
+#[tokio::test]
+async fn the_charts_rbac_is_sufficient_and_every_rule_is_needed() {
+    with_namespace("rbac-full", |client, ns| async move {
+        let (result, output) = run_with(client, ns, None).await;
+        if let Err(why) = result {
+            panic!("with the chart's RBAC: {why}\n{output}");
+        }
+    })
+    .await;
+    let template = rbac_objects("rbac-x");
+    for (kind, index, description) in rules(&template) {
+        with_namespace("rbac-less", |client, ns| {
+            let (kind, description) = (kind.clone(), description.clone());
+            async move {
+                let (result, output) = run_with(client, ns, Some((kind, index))).await;
+                assert!(result.is_err(), "without [{description}] the scenario still passed: the rule is not needed");
+                assert!(
+                    output.contains("forbidden") || output.contains("Forbidden"),
+                    "without [{description}] it failed ({:?}), but not for lack of permission:\n{output}",
+                    result
+                );
+            }
+        })
+        .await;
+    }
+}
