@@ -9,6 +9,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use crate::admin::{self, Health};
@@ -110,6 +111,15 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_RENEW_BEFORE", default_value = "15s", value_parser = parse_duration)]
     pub lease_renew_before: Duration,
 
+    /// Token-endpoint calls per second allowed per endpoint host; calls
+    /// beyond it wait (counted in oauth_token_operator_rate_limit_waits_total).
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_ENDPOINT_RATE", default_value_t = NonZeroU32::new(10).unwrap())]
+    pub token_endpoint_rate: NonZeroU32,
+
+    /// Calls allowed at once above that rate, per endpoint host.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_ENDPOINT_BURST", default_value_t = NonZeroU32::new(20).unwrap())]
+    pub token_endpoint_burst: NonZeroU32,
+
     /// Address of the admin server (`/metrics`, `/livez`, `/readyz`).
     #[arg(
         long,
@@ -204,6 +214,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
         fence: Fence::open(),
         metrics: metrics.clone(),
         health: health.clone(),
+        endpoint_rate: args.token_endpoint_rate,
+        endpoint_burst: args.token_endpoint_burst,
     };
     info!(
         concurrency = config.concurrency,

@@ -14,10 +14,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -67,6 +69,9 @@ pub struct ControllerConfig {
     pub fence: Fence,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Token-endpoint calls per second allowed per endpoint host, and burst.
+    pub endpoint_rate: NonZeroU32,
+    pub endpoint_burst: NonZeroU32,
 }
 
 /// Everything a reconcile needs. Built once, shared.
@@ -80,6 +85,7 @@ pub struct Context {
     keys: Keys,
     fence: Fence,
     metrics: Arc<Metrics>,
+    rate_limit: DefaultKeyedRateLimiter<String>,
     /// Rotated refresh tokens received but not yet stored (the write failed).
     unstored_rotations: Mutex<HashMap<ObjectRef<OAuthCredential>, SecretString>>,
     /// Refresh-token Secret versions already inspected with nothing to do.
@@ -194,6 +200,9 @@ pub async fn run(
         inspected: Mutex::new(HashMap::new()),
         fence: config.fence.clone(),
         metrics: config.metrics.clone(),
+        rate_limit: RateLimiter::keyed(
+            Quota::per_second(config.endpoint_rate).allow_burst(config.endpoint_burst),
+        ),
         unstored_rotations: Mutex::new(HashMap::new()),
         allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
         clock: Timestamp::now,
@@ -768,6 +777,13 @@ impl Context {
             }
         };
 
+        // Per-endpoint rate limit: wait for a slot (before the fence check,
+        // since the wait may be long).
+        let host = endpoint.url().host_str().unwrap_or_default().to_string();
+        if self.rate_limit.check_key(&host).is_err() {
+            self.metrics.rate_limit_wait();
+            self.rate_limit.until_key_ready(&host).await;
+        }
         let sent_at = self.now();
         // Fencing: a replica whose hold on the Lease might end during the
         // call does not start it; the next leader will.

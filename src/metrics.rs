@@ -40,6 +40,7 @@ pub struct Metrics {
     earliest_expiry: Gauge<f64, AtomicU64>,
     next_refresh: Gauge<f64, AtomicU64>,
     leader: Gauge<i64, AtomicI64>,
+    rate_limit_waits: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +100,12 @@ impl Metrics {
             "1 while this replica runs the controller, else 0",
             leader.clone(),
         );
+        let rate_limit_waits = Counter::default();
+        registry.register(
+            "rate_limit_waits",
+            "Token-endpoint calls that waited for the per-endpoint rate limit",
+            rate_limit_waits.clone(),
+        );
         Self {
             registry,
             refresh_attempts,
@@ -108,6 +115,7 @@ impl Metrics {
             earliest_expiry,
             next_refresh,
             leader,
+            rate_limit_waits,
         }
     }
 
@@ -117,6 +125,10 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.refresh_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn rate_limit_wait(&self) {
+        self.rate_limit_waits.inc();
     }
 
     pub fn reconcile_error(&self, category: &'static str) {

@@ -112,3 +112,36 @@ async fn metrics_match_what_happened_and_health_endpoints_answer() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn calls_to_one_endpoint_respect_its_rate_limit_and_the_waits_are_counted() {
+    with_namespace("ratelimit", |client, ns| async move {
+        ensure_crd(&client).await;
+        let server = TokenServer::start(Duration::from_secs(3600)).await;
+        let operator = Operator::start_with(
+            &ns,
+            &["--token-endpoint-rate", "1", "--token-endpoint-burst", "1"],
+        );
+        let admin = operator.admin_url().await;
+        create_client_secret(&client, &ns).await;
+        let names = ["r1", "r2", "r3", "r4"];
+        for name in names {
+            create_credential(&client, &ns, &server, name).await;
+        }
+        for name in names {
+            wait_for_condition(&client, &ns, name, READY, "True", Duration::from_secs(30)).await;
+        }
+        let calls = server.calls();
+        assert_eq!(calls.len(), 4);
+        let span = calls[3].at.duration_since(calls[0].at).unwrap();
+        assert!(
+            span >= Duration::from_millis(2800),
+            "4 calls at 1/s took only {span:?}"
+        );
+        let (_, text) = get(&format!("{admin}/metrics")).await;
+        let waits = value(&text, "oauth_token_operator_rate_limit_waits_total").unwrap_or(0.0);
+        assert!(waits >= 2.0, "{waits} waits counted");
+        assert_no_token_leaked(&client, &ns, &server, &operator).await;
+    })
+    .await;
+}

@@ -170,6 +170,7 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
                 "watchNamespace=team-a",
                 "logFormat=plain",
                 "serviceAccount.name=custom-sa",
+                "grafanaDashboard.enabled=true",
             ],
         ];
         for sets in variants {
@@ -199,4 +200,34 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
         }
     })
     .await;
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_operator_exports() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("dashboards/oauth-token-operator.json")).unwrap(),
+    )
+    .expect("valid JSON");
+    let metrics = oauth_token_operator::metrics::Metrics::new();
+    metrics.refresh("success", Duration::from_millis(1));
+    metrics.rate_limit_wait();
+    metrics.reconcile_error("kubernetes-api");
+    metrics.observe([]);
+    let exported = metrics.encode();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+                if word.starts_with("oauth_token_operator_") {
+                    queried += 1;
+                    assert!(
+                        exported.contains(word),
+                        "the dashboard queries {word}, which is not exported"
+                    );
+                }
+            }
+        }
+    }
+    assert!(queried >= 9, "only {queried} metric references");
 }
