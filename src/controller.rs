@@ -308,17 +308,7 @@ pub async fn reconcile(
         "decided"
     );
     match plan {
-        Plan::Conflict => {
-            let desired = status::after_conflict(
-                status,
-                now,
-                generation,
-                &credential.spec.output.secret_name,
-            );
-            ctx.write_status(&credential, desired).await?;
-            // The Secret watch reconciles again when the foreign Secret goes.
-            Ok(Action::await_change())
-        }
+        Plan::Conflict => ctx.report_conflict(&credential, now).await,
         Plan::WaitUntil(at) => ctx.settle(&credential, now, Some(at)).await,
         Plan::RefreshIfInputsChanged { since, retry_at } => {
             let inputs = ctx.input_versions(&credential).await?;
