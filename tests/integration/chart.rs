@@ -3,52 +3,22 @@
 //! values through its schema, and ships the generated CRD.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
+use kube::Discovery;
 use kube::api::{DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::Scope;
-use kube::{Api, Discovery};
 use serde_json::Value;
 
 use crate::support::fixtures::ensure_crd;
+use crate::support::objects::{CHART, api_for, gvk_of, helm, helm_template};
 use crate::support::{eventually, with_namespace};
 
 fn chart() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/oauth-token-operator")
-}
-
-fn helm(args: &[&str]) -> std::process::Output {
-    let helm = std::env::var("HELM").unwrap_or_else(|_| {
-        panic!("HELM is not set: run `scripts/test`, or `export HELM=\"$(scripts/control-plane bin)/helm\"`")
-    });
-    Command::new(helm).args(args).output().expect("run helm")
+    PathBuf::from(CHART)
 }
 
 fn render(namespace: &str, sets: &[&str]) -> Vec<Value> {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        "oto",
-        chart.to_str().unwrap(),
-        "--namespace",
-        namespace,
-    ];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    let out = helm(&args);
-    assert!(
-        out.status.success(),
-        "helm template {sets:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    helm_template("oto", namespace, sets)
 }
 
 #[test]
@@ -177,20 +147,13 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
             let objects = render(&ns, sets);
             for object in objects {
                 let object: DynamicObject = serde_json::from_value(object).unwrap();
-                let types = object.types.clone().unwrap();
-                let gvk = GroupVersionKind::try_from(&types).unwrap();
+                let gvk = gvk_of(&object);
                 if gvk.group == "monitoring.coreos.com" {
                     // Its CRD is the Prometheus Operator's, not installed here.
                     assert_eq!(gvk.kind, "ServiceMonitor");
                     continue;
                 }
-                let (resource, capabilities) = discovery
-                    .resolve_gvk(&gvk)
-                    .unwrap_or_else(|| panic!("{sets:?}: unknown kind {gvk:?}"));
-                let api: Api<DynamicObject> = match capabilities.scope {
-                    Scope::Namespaced => Api::namespaced_with(client.clone(), &ns, &resource),
-                    Scope::Cluster => Api::all_with(client.clone(), &resource),
-                };
+                let (api, _) = api_for(&client, &discovery, &gvk, &ns);
                 let name = object.metadata.name.clone().unwrap();
                 let params = PatchParams::apply("chart-test").dry_run();
                 if let Err(e) = api.patch(&name, &params, &Patch::Apply(&object)).await {

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use kube::api::{DynamicObject, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use kube::discovery::{ApiResource, Scope};
 use kube::{Api, CustomResourceExt, Discovery};
 use oauth_token_operator::resource::OAuthCredential;
 use serde_json::{Value, json};
 
 use crate::support::fixtures::ensure_crd;
+use crate::support::objects::{api_for, gvk_of, yaml_documents};
 use crate::support::{eventually, with_namespace};
 
 #[test]
@@ -147,23 +147,15 @@ async fn the_examples_are_accepted_by_the_api_server() {
             let text = std::fs::read_to_string(&path)
                 .unwrap()
                 .replace("DEMO_TOKEN_ENDPOINT", "http://127.0.0.1:8080/token");
-            for document in serde_yaml_ng::Deserializer::from_str(&text) {
-                let value: Value = serde::Deserialize::deserialize(document).unwrap();
+            for value in yaml_documents(&text) {
                 let mut object: DynamicObject = serde_json::from_value(value).unwrap();
-                let types = object.types.clone().expect("apiVersion and kind");
-                let gvk = GroupVersionKind::try_from(&types).unwrap();
-                let (resource, capabilities): (ApiResource, ApiCapabilities) = discovery
-                    .resolve_gvk(&gvk)
-                    .unwrap_or_else(|| panic!("{file}: unknown kind {gvk:?}"));
+                let gvk = gvk_of(&object);
                 // Namespaced objects go to the test's namespace: a dry run
                 // cannot create the example's own.
-                let api: Api<DynamicObject> = match capabilities.scope {
-                    Scope::Namespaced => {
-                        object.metadata.namespace = Some(ns.clone());
-                        Api::namespaced_with(client.clone(), &ns, &resource)
-                    }
-                    Scope::Cluster => Api::all_with(client.clone(), &resource),
-                };
+                let (api, scope) = api_for(&client, &discovery, &gvk, &ns);
+                if scope == Scope::Namespaced {
+                    object.metadata.namespace = Some(ns.clone());
+                }
                 let params = PostParams {
                     dry_run: true,
                     ..Default::default()

@@ -7,34 +7,20 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::Scope;
 use kube::{Api, Client, Discovery};
 use oauth_token_operator::resource::{READY, REAUTH_REQUIRED};
 use serde_json::Value;
 
 use crate::support::fixtures::*;
+use crate::support::objects::{api_for, gvk_of, helm_template};
 use crate::support::operator::Operator;
 use crate::support::token_server::TokenServer;
 use crate::support::with_namespace;
 
 /// The chart's ServiceAccount and RBAC objects for a release named `ns`.
 fn rbac_objects(ns: &str) -> Vec<Value> {
-    let helm = std::env::var("HELM").unwrap_or_else(|_| {
-        panic!("HELM is not set: run `scripts/test`, or `export HELM=\"$(scripts/control-plane bin)/helm\"`")
-    });
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/oauth-token-operator");
-    let out = std::process::Command::new(helm)
-        .args(["template", ns, chart, "--namespace", ns])
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
-        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
+    helm_template(ns, ns, &[])
+        .into_iter()
         .filter(|v| {
             matches!(
                 v["kind"].as_str(),
@@ -75,16 +61,9 @@ async fn apply(client: &Client, objects: &[Value]) {
         .expect("discovery");
     for object in objects {
         let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-        let gvk = GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
-        let (resource, caps) = discovery.resolve_gvk(&gvk).unwrap();
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                object.metadata.namespace.as_deref().unwrap(),
-                &resource,
-            ),
-            Scope::Cluster => Api::all_with(client.clone(), &resource),
-        };
+        let gvk = gvk_of(&object);
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let (api, _) = api_for(client, &discovery, &gvk, &namespace);
         api.patch(
             object.metadata.name.as_deref().unwrap(),
             &PatchParams::apply("rbac-test").force(),
