@@ -289,7 +289,12 @@ fn parse_error(body: &[u8]) -> ProviderError {
 /// Keeps provider text printable and short. Only strings are accepted: a
 /// nested object is not something to show a person.
 fn clean_text(value: &serde_json::Value) -> Option<String> {
-    let text = value.as_str()?;
+    clean_str(value.as_str()?)
+}
+
+/// Provider text made printable (control characters become spaces), cut to
+/// `MAX_ERROR_TEXT` characters and trimmed; `None` when nothing is left.
+pub fn clean_str(text: &str) -> Option<String> {
     let cleaned: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -12,13 +12,20 @@ use tracing_subscriber::EnvFilter;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::ListParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
 use crate::admin::{self, Health};
+use crate::authorize;
 use crate::controller::{self, ControllerConfig};
 use crate::keys::{self, KeySource, Keys};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::resource::OAuthCredential;
 use crate::schedule::parse_duration;
+use crate::summary;
 use crate::token_client::TokenClientConfig;
 
 #[derive(Debug, Parser)]
@@ -39,6 +46,82 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the OAuthCredential CustomResourceDefinition as YAML.
     Crd,
+    /// Obtain a person's consent for a credential and store the new refresh
+    /// token: the answer to `ReauthRequired`, and how a credential gets its
+    /// first refresh token.
+    Authorize(AuthorizeArgs),
+    /// Summarise credentials: READY, REAUTH, EXPIRES IN, NEXT REFRESH, LAST
+    /// FAILURE, and the command that fixes each one waiting for a person.
+    Status(StatusArgs),
+}
+
+/// Which cluster the client commands talk to.
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// Path of the kubeconfig. Default: `$KUBECONFIG`, else `~/.kube/config`.
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// Kubeconfig context to use. Default: the current context.
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthorizeArgs {
+    /// The credential, as `<namespace>/<name>`, or `<name>` in the namespace
+    /// of `-n` or of the kubeconfig context.
+    pub credential: String,
+
+    /// Namespace of the credential when it is given without one.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+
+    /// Do not open a browser: print the address to open elsewhere, and accept
+    /// the address the browser ends on, pasted into the terminal.
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// How long to wait for consent.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// How long to wait for the operator to refresh with the new token; `0s`
+    /// returns once the token is stored.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub wait: Duration,
+
+    /// Accept `http://` authorization and token endpoints on loopback
+    /// addresses. For tests and demos only.
+    #[arg(long)]
+    pub allow_insecure_loopback_http: bool,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Namespace to list. Default: the kubeconfig context's namespace.
+    #[arg(short, long, conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+
+    /// List credentials in every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -152,7 +235,110 @@ pub async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + 
             Ok(())
         }
         Command::Run(args) => run(*args).await,
+        Command::Authorize(args) => {
+            let client = args.kube.client().await?;
+            let (namespace, name) = match args.credential.split_once('/') {
+                Some((namespace, name)) => (namespace.to_string(), name.to_string()),
+                None => (
+                    args.namespace
+                        .clone()
+                        .unwrap_or_else(|| client.default_namespace().to_string()),
+                    args.credential.clone(),
+                ),
+            };
+            if namespace.is_empty() || name.is_empty() || name.contains('/') {
+                return Err(format!(
+                    "expected <namespace>/<name> or <name>, got {:?}",
+                    args.credential
+                )
+                .into());
+            }
+            let options = authorize::Options {
+                namespace,
+                name,
+                no_browser: args.no_browser,
+                timeout: args.timeout,
+                wait: args.wait,
+                allow_insecure_loopback_http: args.allow_insecure_loopback_http,
+                program: program_name(),
+            };
+            authorize::run(client, options).await
+        }
+        Command::Status(args) => status(args).await,
     }
+}
+
+impl KubeArgs {
+    /// A client for the chosen kubeconfig and context; inside a cluster
+    /// without either, the pod's service account.
+    async fn client(&self) -> Result<kube::Client, Box<dyn std::error::Error + Send + Sync>> {
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+            None => kube::Config::infer().await?,
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+/// How the person invoked us: `kubectl oauth` when run as the kubectl
+/// plugin (`kubectl-oauth` on the PATH), else `oauth-token-operator`.
+pub fn program_name() -> String {
+    let invoked = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    match invoked.strip_prefix("kubectl-") {
+        Some(plugin) => format!("kubectl {plugin}"),
+        None => "oauth-token-operator".into(),
+    }
+}
+
+async fn status(args: StatusArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = args.kube.client().await?;
+    let credentials: Api<OAuthCredential> = if args.all_namespaces {
+        Api::all(client.clone())
+    } else {
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        Api::namespaced(client.clone(), &namespace)
+    };
+    let list = credentials
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(status) => {
+                format!(
+                    "cannot list OAuthCredentials: {} (HTTP {})",
+                    status.message, status.code
+                )
+            }
+            other => format!("cannot list OAuthCredentials: {other}"),
+        })?;
+    let now = Timestamp::now();
+    let rows = summary::rows(&list.items, &program_name(), now);
+    match args.output {
+        OutputFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "items": rows }))?
+            );
+        }
+        OutputFormat::Table if rows.is_empty() => eprintln!("No OAuthCredentials found."),
+        OutputFormat::Table => print!("{}", summary::table(&rows, args.all_namespaces, now)),
+    }
+    Ok(())
 }
 
 /// The CRD as committed in `crds/`.

@@ -1096,7 +1096,9 @@ fn secret_value(secret: Option<&Secret>, key: &str) -> Option<SecretString> {
     (!text.is_empty()).then(|| SecretString::from(text.to_string()))
 }
 
-fn client_credentials(
+/// The OAuth client from its Secret, or why it cannot be read (no values in
+/// the message).
+pub fn client_credentials(
     secret: Option<&Secret>,
     reference: &ClientSecretRef,
 ) -> Result<ClientCredentials, String> {

@@ -10,12 +10,17 @@
 //! - `token_client`: the HTTP call to the token endpoint.
 //! - `references`: which credentials name a given Secret.
 //! - `controller`: watches, caches and the reconcile loop that ties it together.
+//! - `consent`: the authorization-code flow with PKCE, its pure parts.
+//! - `authorize`: the `authorize` command: consent, storing the refresh token.
+//! - `summary`: what the `status` command prints (pure).
 //! - `cli`: subcommands and flags; `tls`: the process-wide rustls provider.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authorize;
 pub mod classify;
 pub mod cli;
+pub mod consent;
 pub mod controller;
 pub mod decision;
 pub mod keys;
@@ -27,5 +32,6 @@ pub mod resource;
 pub mod schedule;
 pub mod seal;
 pub mod status;
+pub mod summary;
 pub mod tls;
 pub mod token_client;

@@ -1,4 +1,6 @@
-//! The call to the token endpoint: an RFC 6749 §6 refresh-token grant.
+//! Calls to the token endpoint: the RFC 6749 §6 refresh-token grant the
+//! operator makes, and the §4.1.3 authorization-code exchange (with the PKCE
+//! verifier, RFC 7636) that `authorize` makes.
 //!
 //! Hand-written on reqwest rather than with a generic OAuth crate because the
 //! decision needs what those crates drop: the HTTP status, `Retry-After`, and
@@ -51,19 +53,42 @@ pub struct TokenEndpoint {
     authentication: ClientAuthentication,
 }
 
-/// Why a token endpoint is not acceptable. No secrets in here.
+/// Why an endpoint is not acceptable; `field` names the spec field. No
+/// secrets in here.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum EndpointError {
-    #[error("provider has neither google nor tokenEndpoint set")]
-    Missing,
-    #[error("tokenEndpoint is not a valid absolute URL")]
-    InvalidUrl,
-    #[error("tokenEndpoint must not carry credentials or a fragment")]
-    UnexpectedParts,
+    #[error("provider has neither google nor {field} set")]
+    Missing { field: &'static str },
+    #[error("{field} is not a valid absolute URL")]
+    InvalidUrl { field: &'static str },
+    #[error("{field} must not carry credentials or a fragment")]
+    UnexpectedParts { field: &'static str },
     #[error(
-        "tokenEndpoint must use https; plain http is accepted only for loopback addresses when the operator runs with --allow-insecure-loopback-http"
+        "{field} must use https; plain http is accepted only for loopback addresses with --allow-insecure-loopback-http"
     )]
-    Insecure,
+    Insecure { field: &'static str },
+}
+
+/// Checks an endpoint URL from the spec against the transport policy: an
+/// absolute https URL without credentials or fragment, or plain http to a
+/// loopback address when `allow_insecure_loopback_http` is set.
+pub fn checked_endpoint(
+    raw: &str,
+    field: &'static str,
+    allow_insecure_loopback_http: bool,
+) -> Result<Url, EndpointError> {
+    let url = Url::parse(raw).map_err(|_| EndpointError::InvalidUrl { field })?;
+    if url.host().is_none() {
+        return Err(EndpointError::InvalidUrl { field });
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(EndpointError::UnexpectedParts { field });
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if allow_insecure_loopback_http && is_loopback(&url) => Ok(url),
+        _ => Err(EndpointError::Insecure { field }),
+    }
 }
 
 impl TokenEndpoint {
@@ -79,24 +104,13 @@ impl TokenEndpoint {
                 authentication: ClientAuthentication::ClientSecretPost,
             });
         }
+        const FIELD: &str = "tokenEndpoint";
         let raw = provider
             .token_endpoint
             .as_deref()
-            .ok_or(EndpointError::Missing)?;
-        let url = Url::parse(raw).map_err(|_| EndpointError::InvalidUrl)?;
-        if url.host().is_none() {
-            return Err(EndpointError::InvalidUrl);
-        }
-        if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
-            return Err(EndpointError::UnexpectedParts);
-        }
-        match url.scheme() {
-            "https" => {}
-            "http" if allow_insecure_loopback_http && is_loopback(&url) => {}
-            _ => return Err(EndpointError::Insecure),
-        }
+            .ok_or(EndpointError::Missing { field: FIELD })?;
         Ok(Self {
-            url,
+            url: checked_endpoint(raw, FIELD, allow_insecure_loopback_http)?,
             authentication: provider
                 .client_authentication
                 .unwrap_or(ClientAuthentication::ClientSecretBasic),
@@ -154,10 +168,42 @@ impl TokenClient {
         refresh_token: &SecretString,
         now: impl Fn() -> Timestamp,
     ) -> Result<Token, Failure> {
-        let mut form: Vec<(&str, &str)> = vec![
+        let form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
+        self.grant(endpoint, client, form, now).await
+    }
+
+    /// Exchanges an authorization code, with the PKCE verifier and the
+    /// redirect URI it was issued for, for tokens (RFC 6749 §4.1.3, RFC 7636
+    /// §4.5). The answer is classified as a refresh's would be.
+    pub async fn exchange_code(
+        &self,
+        endpoint: &TokenEndpoint,
+        client: &ClientCredentials,
+        code: &SecretString,
+        code_verifier: &SecretString,
+        redirect_uri: &str,
+        now: impl Fn() -> Timestamp,
+    ) -> Result<Token, Failure> {
+        let form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.expose_secret()),
+            ("code_verifier", code_verifier.expose_secret()),
+            ("redirect_uri", redirect_uri),
+        ];
+        self.grant(endpoint, client, form, now).await
+    }
+
+    /// Posts a grant with the client's authentication and classifies the answer.
+    async fn grant(
+        &self,
+        endpoint: &TokenEndpoint,
+        client: &ClientCredentials,
+        mut form: Vec<(&str, &str)>,
+        now: impl Fn() -> Timestamp,
+    ) -> Result<Token, Failure> {
         let mut request = self
             .http
             .post(endpoint.url.clone())
@@ -284,7 +330,9 @@ mod tests {
         );
         assert_eq!(
             TokenEndpoint::from_provider(&generic("http://127.0.0.1:8080/token"), false),
-            Err(EndpointError::Insecure)
+            Err(EndpointError::Insecure {
+                field: "tokenEndpoint"
+            })
         );
         assert!(
             TokenEndpoint::from_provider(&generic("http://127.0.0.1:8080/token"), true).is_ok()
@@ -293,26 +341,36 @@ mod tests {
         assert!(TokenEndpoint::from_provider(&generic("http://localhost/token"), true).is_ok());
         assert_eq!(
             TokenEndpoint::from_provider(&generic("http://10.0.0.1/token"), true),
-            Err(EndpointError::Insecure)
+            Err(EndpointError::Insecure {
+                field: "tokenEndpoint"
+            })
         );
         assert_eq!(
             TokenEndpoint::from_provider(&generic("ftp://127.0.0.1/token"), true),
-            Err(EndpointError::Insecure)
+            Err(EndpointError::Insecure {
+                field: "tokenEndpoint"
+            })
         );
         assert_eq!(
             TokenEndpoint::from_provider(
                 &generic("https://user:pw@login.example.com/token"),
                 false
             ),
-            Err(EndpointError::UnexpectedParts)
+            Err(EndpointError::UnexpectedParts {
+                field: "tokenEndpoint"
+            })
         );
         assert_eq!(
             TokenEndpoint::from_provider(&generic("not a url"), false),
-            Err(EndpointError::InvalidUrl)
+            Err(EndpointError::InvalidUrl {
+                field: "tokenEndpoint"
+            })
         );
         assert_eq!(
             TokenEndpoint::from_provider(&Provider::default(), false),
-            Err(EndpointError::Missing)
+            Err(EndpointError::Missing {
+                field: "tokenEndpoint"
+            })
         );
     }
 

@@ -3,6 +3,7 @@
 //! command `scripts/test` does that) and fail, never skip, when it is missing.
 
 mod admin;
+mod authorize;
 mod chart;
 mod control_plane_smoke;
 mod crash;

@@ -4,6 +4,12 @@
 //! and can be told to answer the next requests with scripted responses.
 //! It records every call and every token it issued, so tests can count calls
 //! and search the operator's output for leaked tokens.
+//!
+//! It is also the authorization server for `authorize`: `GET /authorize`
+//! checks the request (PKCE S256 required) and redirects like a browser
+//! would be redirected after consent (or refusal, see `Consent`), and the
+//! token endpoint exchanges the code once, checking the verifier and the
+//! redirect URI.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -70,10 +76,35 @@ impl Scripted {
     }
 }
 
+/// How the next consents go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Consent {
+    /// Grant every requested scope, with a refresh token.
+    #[default]
+    Grant,
+    /// The person refuses: redirect with `error=access_denied`.
+    Deny,
+    /// Grant only these scopes (space-separated), as when a person unticks
+    /// a box on Google's consent page.
+    GrantOnly(String),
+    /// Grant, but answer the code exchange without a refresh token.
+    WithoutRefreshToken,
+}
+
+/// A code issued by `/authorize`, waiting for its exchange.
+#[derive(Clone, Debug)]
+struct IssuedCode {
+    challenge: String,
+    redirect_uri: String,
+    scope: String,
+    refresh_token: bool,
+}
+
 /// One request the server received.
 #[derive(Clone, Debug)]
 pub struct Call {
     pub at: SystemTime,
+    pub grant_type: String,
     pub refresh_token: String,
     pub status: u16,
     /// The grant the presented refresh token belongs to, if it is known.
@@ -102,6 +133,12 @@ struct Inner {
     scripted: VecDeque<Scripted>,
     calls: Vec<Call>,
     issued: Vec<String>,
+    consent: Consent,
+    codes: std::collections::HashMap<String, IssuedCode>,
+    /// Query parameters of every authorization request.
+    authorization_requests: Vec<Vec<(String, String)>>,
+    /// Refresh tokens issued by code exchanges.
+    consented: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -130,6 +167,7 @@ impl TokenServer {
         let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/token", post(token))
+            .route("/authorize", axum::routing::get(authorize))
             .with_state(server.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.expect("token server");
@@ -139,6 +177,25 @@ impl TokenServer {
 
     pub fn url(&self) -> String {
         format!("http://{}/token", self.addr)
+    }
+
+    pub fn authorization_url(&self) -> String {
+        format!("http://{}/authorize", self.addr)
+    }
+
+    /// How the next consents go.
+    pub fn consent(&self, consent: Consent) {
+        self.inner.lock().unwrap().consent = consent;
+    }
+
+    /// Query parameters of every authorization request so far.
+    pub fn authorization_requests(&self) -> Vec<Vec<(String, String)>> {
+        self.inner.lock().unwrap().authorization_requests.clone()
+    }
+
+    /// Refresh tokens issued in exchange for a code, oldest first.
+    pub fn consented_refresh_tokens(&self) -> Vec<String> {
+        self.inner.lock().unwrap().consented.clone()
     }
 
     /// Turns refresh-token rotation on: every success returns a new refresh
@@ -248,6 +305,9 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
     let refresh_token = form_field(&form, "refresh_token")
         .unwrap_or_default()
         .to_string();
+    let grant_type = form_field(&form, "grant_type")
+        .unwrap_or_default()
+        .to_string();
     let scripted = server.inner.lock().unwrap().scripted.pop_front();
     let response = match scripted {
         Some(answer) => {
@@ -270,12 +330,14 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
             }
             response
         }
+        None if grant_type == "authorization_code" => exchange(&server, &headers, &form),
         None => answer(&server, &headers, &form, &refresh_token),
     };
     let mut inner = server.inner.lock().unwrap();
     let grant = inner.grants.get(&refresh_token).copied();
     inner.calls.push(Call {
         at: SystemTime::now(),
+        grant_type,
         refresh_token,
         status: response.status().as_u16(),
         grant,
@@ -284,24 +346,141 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
     response
 }
 
-fn answer(
-    server: &TokenServer,
-    headers: &HeaderMap,
-    form: &[(String, String)],
-    refresh_token: &str,
-) -> Response {
+fn client_is_known(headers: &HeaderMap, form: &[(String, String)]) -> bool {
     let client = basic_credentials(headers).or_else(|| {
         Some((
             form_field(form, "client_id")?.to_string(),
             form_field(form, "client_secret")?.to_string(),
         ))
     });
-    if client != Some((CLIENT_ID.to_string(), CLIENT_SECRET.to_string())) {
+    client == Some((CLIENT_ID.to_string(), CLIENT_SECRET.to_string()))
+}
+
+fn unknown_client() -> Response {
+    oauth_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "The OAuth client was not found.",
+    )
+}
+
+/// `GET /authorize`: what the browser meets. Consent is immediate; the
+/// answer is the redirect back to the client.
+async fn authorize(
+    State(server): State<TokenServer>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let get = |key: &str| form_field(&params, key).unwrap_or_default().to_string();
+    let consent = {
+        let mut inner = server.inner.lock().unwrap();
+        inner.authorization_requests.push(params.clone());
+        inner.consent.clone()
+    };
+    let redirect_uri = get("redirect_uri");
+    // An authorization server never redirects to an unchecked address.
+    if get("client_id") != CLIENT_ID || !redirect_uri.starts_with("http://127.0.0.1:") {
+        return (StatusCode::BAD_REQUEST, "unknown client or redirect_uri").into_response();
+    }
+    let mut back = url::Url::parse(&redirect_uri).unwrap();
+    {
+        let mut query = back.query_pairs_mut();
+        if get("response_type") != "code"
+            || get("code_challenge_method") != "S256"
+            || get("code_challenge").len() < 43
+        {
+            query.append_pair("error", "invalid_request");
+            query.append_pair("error_description", "PKCE S256 is required");
+        } else if consent == Consent::Deny {
+            query.append_pair("error", "access_denied");
+            query.append_pair("error_description", "The user denied the request.");
+        } else {
+            let scope = match &consent {
+                Consent::GrantOnly(scope) => scope.clone(),
+                _ => get("scope"),
+            };
+            let code = server.fresh("code");
+            server.inner.lock().unwrap().codes.insert(
+                code.clone(),
+                IssuedCode {
+                    challenge: get("code_challenge"),
+                    redirect_uri: redirect_uri.clone(),
+                    scope: scope.clone(),
+                    refresh_token: consent != Consent::WithoutRefreshToken,
+                },
+            );
+            query.append_pair("code", &code);
+            query.append_pair("scope", &scope);
+        }
+        query.append_pair("state", &get("state"));
+    }
+    (StatusCode::FOUND, [("location", back.to_string())]).into_response()
+}
+
+/// The authorization-code grant: each code once, for the verifier and the
+/// redirect URI it was issued for.
+fn exchange(server: &TokenServer, headers: &HeaderMap, form: &[(String, String)]) -> Response {
+    if !client_is_known(headers, form) {
+        return unknown_client();
+    }
+    let code = form_field(form, "code").unwrap_or_default();
+    let Some(issued) = server.inner.lock().unwrap().codes.remove(code) else {
         return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "The OAuth client was not found.",
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "unknown or used code",
         );
+    };
+    let verifier = form_field(form, "code_verifier").unwrap_or_default();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    if challenge != issued.challenge
+        || form_field(form, "redirect_uri") != Some(issued.redirect_uri.as_str())
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "code_verifier or redirect_uri does not match",
+        );
+    }
+    let lifetime = server.inner.lock().unwrap().lifetime_secs;
+    let mut body = serde_json::json!({
+        "access_token": server.fresh("at"),
+        "expires_in": lifetime,
+        "token_type": "Bearer",
+        "scope": issued.scope,
+    });
+    if issued.refresh_token {
+        let refresh_token = server.new_grant();
+        server
+            .inner
+            .lock()
+            .unwrap()
+            .consented
+            .push(refresh_token.clone());
+        body["refresh_token"] = serde_json::Value::String(refresh_token);
+    }
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn answer(
+    server: &TokenServer,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+    refresh_token: &str,
+) -> Response {
+    if !client_is_known(headers, form) {
+        return unknown_client();
     }
     if form_field(form, "grant_type") != Some("refresh_token") {
         return oauth_error(

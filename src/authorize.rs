@@ -1,0 +1,480 @@
+//! `oauth-token-operator authorize <namespace>/<name>`: obtains a person's
+//! consent with the authorization-code flow (PKCE S256 and a `state` check,
+//! redirect to a listener on 127.0.0.1), stores the refresh token in the
+//! credential's refresh-token Secret, where the operator seals it, asks the
+//! operator to refresh with it, and waits until the credential is `Ready`.
+//!
+//! Nothing is half-written: both writes are tried server-side (dry run)
+//! before the person is asked anything; after consent, every check (state,
+//! code exchange, refresh token present, scopes) passes before the one write
+//! of the Secret. Neither the code nor any token is ever printed.
+
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::consent::{self, ConsentError, Pkce};
+use crate::controller::{client_credentials, sealed_key};
+use crate::resource::{FORCE_REFRESH_ANNOTATION, OAuthCredential, READY};
+use crate::summary::short;
+use crate::token_client::{TokenClient, TokenClientConfig, TokenEndpoint};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Field manager of the writes `authorize` makes.
+pub const FIELD_MANAGER: &str = "oauth-token-operator-authorize";
+
+/// What `authorize` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub namespace: String,
+    pub name: String,
+    /// Print the address instead of opening a browser.
+    pub no_browser: bool,
+    /// How long to wait for the person's consent.
+    pub timeout: Duration,
+    /// How long to wait for the operator to report on the new token; zero
+    /// does not wait.
+    pub wait: Duration,
+    pub allow_insecure_loopback_http: bool,
+    /// How the person invoked us, for messages (`kubectl oauth`, ...).
+    pub program: String,
+}
+
+/// What the redirect listener or the terminal received.
+struct Arrival {
+    query: String,
+    /// For the browser: whether to show the success page.
+    reply: Option<oneshot::Sender<bool>>,
+}
+
+pub async fn run(client: Client, options: Options) -> Result<(), Error> {
+    let target = format!("{}/{}", options.namespace, options.name);
+    let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), &options.namespace);
+    let credential = credentials
+        .get_opt(&options.name)
+        .await
+        .map_err(|e| api_error(&format!("cannot read OAuthCredential {target}"), e))?
+        .ok_or_else(|| {
+            format!(
+                "OAuthCredential {target} does not exist (`kubectl get oauthcredentials -n {}`)",
+                options.namespace
+            )
+        })?;
+    let spec = &credential.spec;
+    let google = spec.provider.google.is_some();
+    let allow_http = options.allow_insecure_loopback_http;
+    let token_endpoint = TokenEndpoint::from_provider(&spec.provider, allow_http)
+        .map_err(|e| format!("{target}: {e}"))?;
+    let authorization_endpoint = consent::authorization_endpoint(&spec.provider, allow_http)
+        .map_err(|e| format!("{target}: {e}"))?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &options.namespace);
+    let client_secret_name = &spec.client_secret_ref.name;
+    let client_secret = secrets.get_opt(client_secret_name).await.map_err(|e| {
+        api_error(
+            &format!(
+                "cannot read the client Secret {}/{client_secret_name}",
+                options.namespace
+            ),
+            e,
+        )
+    })?;
+    let oauth_client = client_credentials(client_secret.as_ref(), &spec.client_secret_ref)?;
+    let store = Store {
+        secrets,
+        name: spec.refresh_token_secret_ref.name.clone(),
+        key: spec.refresh_token_secret_ref.key.clone(),
+        namespace: options.namespace.clone(),
+    };
+
+    // Before a person is asked anything: would both writes be accepted?
+    store
+        .write(&SecretString::from("dry-run"), true)
+        .await
+        .map_err(|e| format!("{}; nothing was asked of anyone", store.failure(e, None)))?;
+    request_refresh(&credentials, &options.name, "dry-run", true)
+        .await
+        .map_err(|e| {
+            api_error(
+                &format!("cannot annotate OAuthCredential {target} to ask for a refresh; nothing was asked of anyone"),
+                e,
+            )
+        })?;
+
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1 for the redirect: {e}"))?;
+    let redirect_uri = format!("http://127.0.0.1:{}/", listener.local_addr()?.port());
+    let pkce = Pkce::generate();
+    let state = consent::new_state();
+    let url = consent::authorization_url(&consent::Request {
+        endpoint: &authorization_endpoint,
+        google,
+        client_id: &oauth_client.client_id,
+        redirect_uri: &redirect_uri,
+        scopes: &spec.scopes,
+        state: &state,
+        code_challenge: pkce.challenge(),
+    });
+
+    let (arrivals, mut arrived) = mpsc::channel::<Arrival>(4);
+    let server = tokio::spawn(serve_redirect(listener, arrivals.clone()));
+    read_pasted_addresses(arrivals, redirect_uri.clone());
+
+    let opened = !options.no_browser && open_browser(url.as_str());
+    if opened {
+        eprintln!(
+            "Opened the consent page for {target} in your browser. If it did not appear, open:\n"
+        );
+    } else {
+        eprintln!(
+            "Open this address in a browser and sign in with the account that grants access for {target}:\n"
+        );
+    }
+    eprintln!("  {url}\n");
+    eprintln!(
+        "Waiting up to {} for consent. If the browser runs on another machine, it ends on an \
+         address starting with {redirect_uri} that does not load there: copy that whole \
+         address and paste it here, then press Enter.",
+        short(options.timeout.as_secs() as i64)
+    );
+
+    let arrival = tokio::time::timeout(options.timeout, arrived.recv())
+        .await
+        .map_err(|_| {
+            format!(
+                "no consent arrived within {}; nothing was written",
+                short(options.timeout.as_secs() as i64)
+            )
+        })?
+        .ok_or("the redirect listener stopped; nothing was written")?;
+
+    let outcome = async {
+        let code = consent::read_redirect(&arrival.query, &state)?;
+        let token_client = TokenClient::new(&TokenClientConfig {
+            allow_insecure_loopback_http: allow_http,
+            ..Default::default()
+        })?;
+        let token = token_client
+            .exchange_code(
+                &token_endpoint,
+                &oauth_client,
+                &code,
+                pkce.verifier(),
+                &redirect_uri,
+                Timestamp::now,
+            )
+            .await
+            .map_err(|failure| {
+                format!(
+                    "the token endpoint did not accept the authorization code ({}: {}); nothing was written",
+                    failure.reason,
+                    failure.provider.summary()
+                )
+            })?;
+        let refresh_token = token.refresh_token.ok_or(ConsentError::NoRefreshToken)?;
+        let missing = consent::missing_scopes(&spec.scopes, token.scope.as_deref(), google);
+        if !missing.is_empty() {
+            return Err(Error::from(ConsentError::MissingScopes(missing)));
+        }
+        store.write(&refresh_token, false).await.map_err(|e| {
+            format!(
+                "consent was given, but {}; nothing was written. Fix that and run this command again",
+                store.failure(e, Some(&refresh_token))
+            )
+        })?;
+        Ok::<_, Error>(token.scope)
+    }
+    .await;
+    if let Some(reply) = arrival.reply {
+        let _ = reply.send(outcome.is_ok());
+    }
+    // Give the browser its page before the listener goes away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.abort();
+    let granted = outcome?;
+
+    eprintln!(
+        "Consent given{}. Stored the refresh token in Secret {}/{} (key {}); the operator seals it.",
+        granted
+            .map(|scopes| format!(" for {scopes}"))
+            .unwrap_or_default(),
+        options.namespace,
+        store.name,
+        store.key
+    );
+    let requested = Timestamp::now().to_string();
+    request_refresh(&credentials, &options.name, &requested, false)
+        .await
+        .map_err(|e| {
+            api_error(
+                &format!(
+                    "the refresh token is stored, but asking the operator to refresh {target} failed"
+                ),
+                e,
+            )
+        })?;
+    if options.wait.is_zero() {
+        println!("{target}: refresh token stored; the operator refreshes with it next");
+        return Ok(());
+    }
+    eprintln!(
+        "Asked the operator to refresh with it; waiting up to {}.",
+        short(options.wait.as_secs() as i64)
+    );
+    wait_for_refresh(&credentials, &options, &requested).await
+}
+
+/// Waits until the operator has acted on the force-refresh value `requested`
+/// and reports what came of it.
+async fn wait_for_refresh(
+    credentials: &Api<OAuthCredential>,
+    options: &Options,
+    requested: &str,
+) -> Result<(), Error> {
+    let target = format!("{}/{}", options.namespace, options.name);
+    let acted = |credential: Option<&OAuthCredential>| {
+        credential
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.last_forced_refresh.as_deref())
+            == Some(requested)
+    };
+    let credential = tokio::time::timeout(
+        options.wait,
+        await_condition(credentials.clone(), &options.name, acted),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "the refresh token is stored, but the operator did not act on it within {}. Is the \
+             operator running and watching namespace {}? See `kubectl describe oauthcredential -n {} {}`",
+            short(options.wait.as_secs() as i64),
+            options.namespace,
+            options.namespace,
+            options.name
+        )
+    })?
+    .map_err(|e| format!("the refresh token is stored, but watching {target} failed: {e}"))?
+    .ok_or_else(|| format!("the refresh token is stored, but {target} was deleted"))?;
+    let status = credential.status.unwrap_or_default();
+    match status.condition(READY) {
+        Some(ready) if ready.status == "True" && status.failed_attempts == 0 => {
+            let expires = status
+                .expires_at
+                .map(|t| {
+                    let left = t.0.duration_since(Timestamp::now()).as_secs();
+                    format!("; the access token expires at {} (in {})", t.0, short(left))
+                })
+                .unwrap_or_default();
+            println!(
+                "{target} is Ready: the operator refreshed with the new refresh token{expires}"
+            );
+            Ok(())
+        }
+        _ => {
+            let failure = status
+                .last_failure
+                .map(|f| format!("{}: {}", f.reason, f.message))
+                .unwrap_or_else(|| "no failure recorded".into());
+            Err(format!(
+                "the refresh token is stored, but the operator's refresh with it failed ({failure}). \
+                 Check with `{} status -n {}`",
+                options.program, options.namespace
+            )
+            .into())
+        }
+    }
+}
+
+/// Sets the force-refresh annotation (or tries to, with `dry_run`).
+async fn request_refresh(
+    credentials: &Api<OAuthCredential>,
+    name: &str,
+    value: &str,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({"metadata": {"annotations": {FORCE_REFRESH_ANNOTATION: value}}});
+    let mut params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    params.dry_run = dry_run;
+    credentials
+        .patch(name, &params, &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+}
+
+/// The refresh-token Secret, where the new token goes.
+struct Store {
+    secrets: Api<Secret>,
+    namespace: String,
+    name: String,
+    key: String,
+}
+
+impl Store {
+    /// Puts `token` in plain text under the key (the operator seals it on
+    /// sight) and removes a sealed value of an earlier token; other keys are
+    /// kept. Creates the Secret when it does not exist. Guarded by the
+    /// `resourceVersion` read just before, retried on conflict.
+    async fn write(&self, token: &SecretString, dry_run: bool) -> Result<(), kube::Error> {
+        let params = PostParams {
+            dry_run,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        let value = ByteString(token.expose_secret().as_bytes().to_vec());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.secrets.get_opt(&self.name).await? {
+                None => {
+                    let secret = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(self.name.clone()),
+                            ..Default::default()
+                        },
+                        type_: Some("Opaque".into()),
+                        data: Some([(self.key.clone(), value.clone())].into()),
+                        ..Default::default()
+                    };
+                    self.secrets.create(&params, &secret).await
+                }
+                Some(mut secret) => {
+                    let data = secret.data.get_or_insert_default();
+                    data.remove(&sealed_key(&self.key));
+                    data.insert(self.key.clone(), value.clone());
+                    secret.string_data = None;
+                    self.secrets.replace(&self.name, &params, &secret).await
+                }
+            };
+            match result {
+                Err(kube::Error::Api(status)) if status.code == 409 && attempt < 5 => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+
+    /// Why the Secret could not be written, without any value of it.
+    fn failure(&self, error: kube::Error, token: Option<&SecretString>) -> String {
+        let mut text = api_error(
+            &format!(
+                "the refresh token cannot be stored in Secret {}/{}",
+                self.namespace, self.name
+            ),
+            error,
+        );
+        if let Some(token) = token {
+            text = text.replace(token.expose_secret(), "<redacted>");
+        }
+        text
+    }
+}
+
+/// `context: what the API server said (HTTP code)`.
+fn api_error(context: &str, error: kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{context}: {} (HTTP {})", status.message, status.code)
+        }
+        other => format!("{context}: {other}"),
+    }
+}
+
+/// Serves the redirect on `listener` until aborted: the first request to `/`
+/// that looks like an OAuth redirect is handed over; the browser gets a page
+/// saying how it went. Other requests (a favicon, say) get 404.
+async fn serve_redirect(listener: TcpListener, arrivals: mpsc::Sender<Arrival>) {
+    use axum::extract::State;
+    use axum::http::{StatusCode, Uri};
+    use axum::response::{Html, IntoResponse, Response};
+
+    async fn redirect(State(arrivals): State<mpsc::Sender<Arrival>>, uri: Uri) -> Response {
+        let query = uri.query().unwrap_or_default();
+        if uri.path() != "/" || !consent::looks_like_redirect(query) {
+            return (StatusCode::NOT_FOUND, "not the OAuth redirect").into_response();
+        }
+        let (reply, outcome) = oneshot::channel();
+        let arrival = Arrival {
+            query: query.to_string(),
+            reply: Some(reply),
+        };
+        if arrivals.send(arrival).await.is_err() {
+            return (StatusCode::GONE, "this authorization is already over").into_response();
+        }
+        // Fixed texts only: nothing from the request is reflected.
+        let page = match outcome.await {
+            Ok(true) => {
+                "Consent received and the refresh token stored. You can close this tab; \
+                         the terminal shows the rest."
+            }
+            _ => "Authorization failed. The terminal says why; nothing was stored.",
+        };
+        Html(format!(
+            "<!doctype html><meta charset=utf-8><title>oauth-token-operator</title><p>{page}</p>"
+        ))
+        .into_response()
+    }
+
+    let app = axum::Router::new().fallback(redirect).with_state(arrivals);
+    let _ = axum::serve(listener, app).await;
+}
+
+/// Reads addresses a person pastes into the terminal. A plain thread: a
+/// blocking read of stdin must not hold up the runtime's shutdown.
+fn read_pasted_addresses(arrivals: mpsc::Sender<Arrival>, redirect_uri: String) {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match consent::pasted_query(&line) {
+                Some(query) => {
+                    let arrival = Arrival { query, reply: None };
+                    if arrivals.blocking_send(arrival).is_err() {
+                        return;
+                    }
+                }
+                None => eprintln!(
+                    "That is not the address the browser ended on; paste the whole address, \
+                     starting with {redirect_uri}"
+                ),
+            }
+        }
+    });
+}
+
+/// Opens `url` with `$BROWSER`, else the platform's opener. Whether it could
+/// be started; the address is printed either way.
+fn open_browser(url: &str) -> bool {
+    let opener = std::env::var("BROWSER").ok().filter(|b| !b.is_empty());
+    let opener = opener.as_deref().unwrap_or(if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    });
+    let started = std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match started {
+        Ok(mut child) => {
+            // Reap it whenever it exits; do not wait here.
+            std::thread::spawn(move || child.wait());
+            true
+        }
+        Err(_) => false,
+    }
+}
