@@ -15,7 +15,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -242,16 +241,24 @@ async fn wait_for_refresh(
     requested: &str,
 ) -> Result<(), Error> {
     let target = format!("{}/{}", options.namespace, options.name);
-    let acted = |credential: Option<&OAuthCredential>| {
-        credential
-            .and_then(|c| c.status.as_ref())
-            .and_then(|s| s.last_forced_refresh.as_deref())
-            == Some(requested)
+    // Polled with `get`, once a second: a watch would need more permissions
+    // of the person, for no gain at this pace.
+    let acted = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let credential = credentials.get_opt(&options.name).await?;
+            let done = credential.as_ref().is_none_or(|c| {
+                c.status
+                    .as_ref()
+                    .and_then(|s| s.last_forced_refresh.as_deref())
+                    == Some(requested)
+            });
+            if done {
+                return Ok::<_, kube::Error>(credential);
+            }
+        }
     };
-    let credential = tokio::time::timeout(
-        options.wait,
-        await_condition(credentials.clone(), &options.name, acted),
-    )
+    let credential = tokio::time::timeout(options.wait, acted)
     .await
     .map_err(|_| {
         format!(
@@ -263,7 +270,7 @@ async fn wait_for_refresh(
             options.name
         )
     })?
-    .map_err(|e| format!("the refresh token is stored, but watching {target} failed: {e}"))?
+    .map_err(|e| api_error(&format!("the refresh token is stored, but reading {target} failed"), e))?
     .ok_or_else(|| format!("the refresh token is stored, but {target} was deleted"))?;
     let status = credential.status.unwrap_or_default();
     match status.condition(READY) {

@@ -548,6 +548,30 @@ async fn every_failure_is_explained_and_leaves_the_secret_as_it_was() {
             stderr.contains(&format!("OAuthCredential {ns}/nope does not exist")),
             "{stderr}"
         );
+
+        // No operator runs here: the token is stored, and the command says
+        // that nobody acted on it.
+        create_authorizable(&client, &ns, &server, "idle", &[GMAIL_SEND]).await;
+        let mut authorize = Authorize::start(&[&format!("{ns}/idle"), "--wait", "2s"], None);
+        let url = authorize
+            .consent_url_or_exit()
+            .await
+            .expect("consent address");
+        follow(&consent(&url).await).await;
+        let (success, _, stderr) = authorize.finish().await;
+        assert!(!success);
+        assert!(
+            stderr.contains(
+                "the refresh token is stored, but the operator did not act on it within 2s"
+            ),
+            "{stderr}"
+        );
+        let stored = secret(&client, &ns, "idle-refresh").await.expect("stored");
+        let consented = server.consented_refresh_tokens();
+        assert_eq!(
+            stored.data.unwrap()["refresh_token"].0,
+            consented.last().unwrap().as_bytes()
+        );
     })
     .await;
 }
