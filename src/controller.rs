@@ -12,7 +12,7 @@
 //! Secret and the status, plus the refresh-token Secret when the provider
 //! rotated it (that one first, under a resourceVersion precondition).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -94,6 +94,8 @@ pub struct Context {
     clock: fn() -> Timestamp,
     /// Status we wrote that the credential cache may not show yet.
     written: Mutex<HashMap<ObjectRef<OAuthCredential>, OAuthCredentialStatus>>,
+    /// Credentials reconciled at least once by this process.
+    scheduled: Mutex<HashSet<ObjectRef<OAuthCredential>>>,
 }
 
 /// A reconcile that could not finish; retried by `error_policy`. Carries no
@@ -207,16 +209,19 @@ pub async fn run(
         allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
         clock: Timestamp::now,
         written: Mutex::new(HashMap::new()),
+        scheduled: Mutex::new(HashSet::new()),
     });
 
     // Gauges follow the cache. (Never await the store's readiness here:
     // kube-runtime wakes only its most recent waiter, and the controller
     // itself waits on it.)
     let background = {
-        let (store, metrics) = (credentials.clone(), config.metrics.clone());
+        let (store, ctx) = (credentials.clone(), ctx.clone());
         tokio::spawn(async move {
             loop {
-                metrics.observe(store.state().iter().map(|c| c.as_ref()));
+                let state = store.state();
+                ctx.metrics.observe(state.iter().map(|c| c.as_ref()));
+                ctx.forget_deleted(&state);
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         })
@@ -307,7 +312,7 @@ pub async fn reconcile(
         ?plan,
         "decided"
     );
-    match plan {
+    let action = match plan {
         Plan::Conflict => ctx.report_conflict(&credential, now).await,
         Plan::WaitUntil(at) => ctx.settle(&credential, now, Some(at)).await,
         Plan::RefreshIfInputsChanged { since, retry_at } => {
@@ -320,10 +325,31 @@ pub async fn reconcile(
             }
         }
         Plan::Refresh(reason) => ctx.refresh(&credential, output, reason).await,
-    }
+    }?;
+    ctx.mark_scheduled(&credential);
+    Ok(action)
 }
 
 impl Context {
+    /// Counts a credential as scheduled by this process.
+    fn mark_scheduled(&self, credential: &OAuthCredential) {
+        let mut scheduled = self.scheduled.lock().expect("lock");
+        if scheduled.insert(ObjectRef::from_obj(credential)) {
+            self.metrics.set_scheduled(scheduled.len());
+        }
+    }
+
+    /// Drops deleted credentials from the scheduled set.
+    fn forget_deleted(&self, present: &[Arc<OAuthCredential>]) {
+        let present: HashSet<ObjectRef<OAuthCredential>> = present
+            .iter()
+            .map(|c| ObjectRef::from_obj(c.as_ref()))
+            .collect();
+        let mut scheduled = self.scheduled.lock().expect("lock");
+        scheduled.retain(|key| present.contains(key));
+        self.metrics.set_scheduled(scheduled.len());
+    }
+
     /// The current time in whole seconds: status stores whole seconds, and a
     /// status rebuilt from the same facts must compare equal to the stored one.
     fn now(&self) -> Timestamp {

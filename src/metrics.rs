@@ -41,6 +41,7 @@ pub struct Metrics {
     next_refresh: Gauge<f64, AtomicU64>,
     leader: Gauge<i64, AtomicI64>,
     rate_limit_waits: Counter,
+    scheduled: Gauge<i64, AtomicI64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +107,12 @@ impl Metrics {
             "Token-endpoint calls that waited for the per-endpoint rate limit",
             rate_limit_waits.clone(),
         );
+        let scheduled = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "credentials_scheduled",
+            "Credentials this replica has reconciled since it started, so whose next action it has scheduled; equals the number of credentials once the start-up pass is done",
+            scheduled.clone(),
+        );
         Self {
             registry,
             refresh_attempts,
@@ -116,7 +123,13 @@ impl Metrics {
             next_refresh,
             leader,
             rate_limit_waits,
+            scheduled,
         }
+    }
+
+    pub fn set_scheduled(&self, credentials: usize) {
+        self.scheduled
+            .set(i64::try_from(credentials).unwrap_or(i64::MAX));
     }
 
     /// One token-endpoint call and how long it took.

@@ -85,6 +85,10 @@ async fn metrics_match_what_happened_and_health_endpoints_answer() {
             Some(2.0)
         );
         assert_eq!(value(&metrics, "oauth_token_operator_leader"), Some(1.0));
+        assert_eq!(
+            value(&metrics, "oauth_token_operator_credentials_scheduled"),
+            Some(2.0)
+        );
         let status = status_of(&client, &ns, "good").await;
         let expiry = status.expires_at.unwrap().0.as_second() as f64;
         assert_eq!(
