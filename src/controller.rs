@@ -612,10 +612,7 @@ impl Context {
         if let Some(desired) = desired {
             self.write_status(credential, desired).await?;
         }
-        Ok(requeue_at(
-            [wake, next_change].into_iter().flatten().min(),
-            now,
-        ))
+        Ok(self.requeue_at([wake, next_change].into_iter().flatten().min()))
     }
 
     async fn refresh(
@@ -956,10 +953,7 @@ impl Context {
         );
         let next_change = status::next_status_change(&desired, now);
         self.write_status(credential, desired).await?;
-        Ok(requeue_at(
-            [Some(refresh_at), next_change].into_iter().flatten().min(),
-            now,
-        ))
+        Ok(self.requeue_at([Some(refresh_at), next_change].into_iter().flatten().min()))
     }
 
     /// The output name belongs to someone else: say so and wait. The Secret
@@ -1000,10 +994,7 @@ impl Context {
         let desired = status::after_failure(credential.status.as_ref(), failed);
         let next_change = status::next_status_change(&desired, now);
         self.write_status(credential, desired).await?;
-        Ok(requeue_at(
-            [retry_at, next_change].into_iter().flatten().min(),
-            now,
-        ))
+        Ok(self.requeue_at([retry_at, next_change].into_iter().flatten().min()))
     }
 
     /// Writes the status if it differs from the stored one, then emits the
@@ -1147,13 +1138,19 @@ pub fn client_credentials(
     })
 }
 
-/// Requeue at `at`, or wait for a change when nothing is scheduled.
-fn requeue_at(at: Option<Timestamp>, now: Timestamp) -> Action {
-    match at {
-        Some(at) => {
-            let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
-            Action::requeue(wait)
+impl Context {
+    /// Requeue at `at`, or wait for a change when nothing is scheduled. The
+    /// wait is measured from the precise clock, not the whole second that
+    /// decisions use: from a truncated `now` the wake-up would come late by
+    /// the fraction of a second truncated away (measured: up to 1 s).
+    fn requeue_at(&self, at: Option<Timestamp>) -> Action {
+        match at {
+            Some(at) => {
+                let wait =
+                    Duration::try_from(at.duration_since((self.clock)())).unwrap_or(Duration::ZERO);
+                Action::requeue(wait)
+            }
+            None => Action::await_change(),
         }
-        None => Action::await_change(),
     }
 }
