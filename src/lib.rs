@@ -8,6 +8,7 @@
 //! - `status`: the status and events an outcome calls for (pure).
 //! - `output_secret`: the Secret workloads mount, and whether it is ours (pure).
 //! - `token_client`: the HTTP call to the token endpoint.
+//! - `backlog`: earliest expiry first while a rate limit binds (pure).
 //! - `references`: which credentials name a given Secret.
 //! - `controller`: watches, caches and the reconcile loop that ties it together.
 //! - `consent`: the authorization-code flow with PKCE, its pure parts.
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod backlog;
 pub mod classify;
 pub mod cli;
 pub mod consent;

@@ -41,6 +41,7 @@ pub struct Metrics {
     next_refresh: Gauge<f64, AtomicU64>,
     leader: Gauge<i64, AtomicI64>,
     rate_limit_waits: Counter,
+    rate_limit_deferrals: Counter,
     scheduled: Gauge<i64, AtomicI64>,
 }
 
@@ -107,6 +108,12 @@ impl Metrics {
             "Token-endpoint calls that waited for the per-endpoint rate limit",
             rate_limit_waits.clone(),
         );
+        let rate_limit_deferrals = Counter::default();
+        registry.register(
+            "rate_limit_deferrals",
+            "Refreshes put back because credentials whose tokens expire sooner were waiting for the same endpoint's rate limit",
+            rate_limit_deferrals.clone(),
+        );
         let scheduled = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "credentials_scheduled",
@@ -123,6 +130,7 @@ impl Metrics {
             next_refresh,
             leader,
             rate_limit_waits,
+            rate_limit_deferrals,
             scheduled,
         }
     }
@@ -142,6 +150,10 @@ impl Metrics {
 
     pub fn rate_limit_wait(&self) {
         self.rate_limit_waits.inc();
+    }
+
+    pub fn rate_limit_deferral(&self) {
+        self.rate_limit_deferrals.inc();
     }
 
     pub fn reconcile_error(&self, category: &'static str) {

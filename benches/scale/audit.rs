@@ -27,11 +27,32 @@ impl Write {
     }
 }
 
-/// Every completed write made as `user` (impersonated).
+/// Every completed write made as `user` (impersonated), from `log` and the
+/// files the API server rotated it into (`audit-<time>.log`, every 100 MB).
 pub fn writes_by(log: &Path, user: &str) -> Vec<Write> {
+    let directory = log.parent().expect("the audit log is in a directory");
+    let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("audit");
+    let mut files: Vec<_> = std::fs::read_dir(directory)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", directory.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(stem) && n.ends_with(".log"))
+        })
+        .collect();
+    files.sort();
+    let mut writes = Vec::new();
+    for file in files {
+        read_writes(&file, user, &mut writes);
+    }
+    writes.sort_by_key(|w| w.at);
+    writes
+}
+
+fn read_writes(log: &Path, user: &str, writes: &mut Vec<Write>) {
     let file = std::fs::File::open(log)
         .unwrap_or_else(|e| panic!("cannot read the audit log {}: {e}", log.display()));
-    let mut writes = Vec::new();
     for line in BufReader::new(file).lines() {
         let Ok(line) = line else { break };
         // Cheap filter before parsing: most lines are someone else's.
@@ -68,5 +89,4 @@ pub fn writes_by(log: &Path, user: &str) -> Vec<Write> {
             code: event["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
         });
     }
-    writes
 }

@@ -276,18 +276,21 @@ impl Results {
             .filter(|e| *e > t0)
             .collect();
         pending.sort_unstable();
-        // Earliest-expiry-first at the rate limit: the best any order can do.
+        let mut outage_calls = self.calls_in(outage);
+        outage_calls.sort_by_key(|c| c.at);
+        // Earliest-expiry-first at the rate limit, from the operator's first
+        // call on: the best any order can do.
+        let first_call = outage_calls.first().map_or(t0, |c| c.at);
         let ideal_expired = pending
             .iter()
             .enumerate()
             .filter(|(k, expiry)| {
-                let slot = t0 + ((k + 1).saturating_sub(burst) as f64 / rate * 1000.0) as i64;
+                let slot =
+                    first_call + ((k + 1).saturating_sub(burst) as f64 / rate * 1000.0) as i64;
                 slot > **expiry
             })
             .count();
         let mut first_after: HashMap<u32, Call> = HashMap::new();
-        let mut outage_calls = self.calls_in(outage);
-        outage_calls.sort_by_key(|c| c.at);
         for call in &outage_calls {
             first_after.entry(call.credential).or_insert(*call);
         }
@@ -370,6 +373,7 @@ impl Results {
             "outage": {
                 "credentials_due": n,
                 "tokens_expired_before_restart": already_expired,
+                "seconds_to_first_call": round((first_call - t0) as f64 / 1000.0, 1),
                 "seconds_to_every_credential_refreshed": round(self.outage_recovery, 1),
                 "max_calls_in_one_second": per_second.values().copied().max().unwrap_or(0),
                 "tokens_expired_before_their_refresh": outage_expired,
