@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::support::fixtures::*;
 use crate::support::operator::Operator;
 use crate::support::token_server::{Consent, Scripted, TokenServer};
-use crate::support::{eventually, with_namespace};
+use crate::support::{eventually, kubeconfig_as, with_namespace};
 
 const GMAIL_SEND: &str = "https://www.googleapis.com/auth/gmail.send";
 const DRIVE_FILE: &str = "https://www.googleapis.com/auth/drive.file";
@@ -612,12 +612,5 @@ async fn read_only_kubeconfig(client: &Client, ns: &str) -> std::path::PathBuf {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
-    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
-    let mut config: Value = serde_yaml_ng::from_str(&admin).unwrap();
-    for entry in config["users"].as_array_mut().unwrap() {
-        entry["user"]["as"] = Value::String(user.clone());
-    }
-    let path = std::env::temp_dir().join(format!("oto-{ns}-reader.kubeconfig"));
-    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
-    path
+    kubeconfig_as(&user, &format!("oto-{ns}-reader.kubeconfig"))
 }

@@ -15,7 +15,7 @@ use crate::support::fixtures::*;
 use crate::support::objects::{api_for, gvk_of, helm_template};
 use crate::support::operator::Operator;
 use crate::support::token_server::TokenServer;
-use crate::support::with_namespace;
+use crate::support::{kubeconfig_as, with_namespace};
 
 /// The chart's ServiceAccount and RBAC objects for a release named `ns`.
 fn rbac_objects(ns: &str) -> Vec<Value> {
@@ -96,14 +96,10 @@ async fn delete_cluster_scoped(client: &Client, objects: &[Value]) {
 
 /// A kubeconfig that acts as the chart's ServiceAccount.
 fn impersonating_kubeconfig(ns: &str, service_account: &str) -> std::path::PathBuf {
-    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
-    let mut config: Value = serde_yaml_ng::from_str(&admin).unwrap();
-    for user in config["users"].as_array_mut().unwrap() {
-        user["user"]["as"] = Value::String(format!("system:serviceaccount:{ns}:{service_account}"));
-    }
-    let path = std::env::temp_dir().join(format!("oto-{ns}.kubeconfig"));
-    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
-    path
+    kubeconfig_as(
+        &format!("system:serviceaccount:{ns}:{service_account}"),
+        &format!("oto-{ns}.kubeconfig"),
+    )
 }
 
 async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<(), String>

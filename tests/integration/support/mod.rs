@@ -91,6 +91,19 @@ where
     }
 }
 
+/// A copy of `KUBECONFIG`, written to `file` in the temporary directory, whose
+/// users impersonate `user` (for RBAC tests; the admin may impersonate).
+pub fn kubeconfig_as(user: &str, file: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
+    let mut config: serde_json::Value = serde_yaml_ng::from_str(&admin).unwrap();
+    for entry in config["users"].as_array_mut().unwrap() {
+        entry["user"]["as"] = serde_json::Value::String(user.to_string());
+    }
+    let path = std::env::temp_dir().join(file);
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    path
+}
+
 /// A number in [0, 1) that differs from run to run, for random kill moments.
 pub fn random_fraction() -> f64 {
     let nanos = std::time::SystemTime::now()
