@@ -402,9 +402,8 @@ impl Context {
     /// The credential as of our last status write: the cache may lag behind
     /// our own write, and deciding from a stale status would refresh twice.
     /// While it lags (for at most 5 s after the write), the status we wrote
-    /// stands in for the cached one. (Waiting for the cache instead held
-    /// concurrency slots whenever the API server was busy: measured, 10,000
-    /// due credentials went from 100 to 64 refreshes/s after 35 s.)
+    /// stands in for the cached one, rather than holding a concurrency slot
+    /// while waiting for the cache to catch up.
     fn current(&self, credential: Arc<OAuthCredential>) -> Arc<OAuthCredential> {
         const TRUST_OWN_WRITE: Duration = Duration::from_secs(5);
         let key = ObjectRef::from_obj(credential.as_ref());
