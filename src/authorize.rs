@@ -388,7 +388,7 @@ impl Store {
 }
 
 /// `context: what the API server said (HTTP code)`.
-fn api_error(context: &str, error: kube::Error) -> String {
+pub(crate) fn api_error(context: &str, error: kube::Error) -> String {
     match error {
         kube::Error::Api(status) => {
             format!("{context}: {} (HTTP {})", status.message, status.code)

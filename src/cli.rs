@@ -317,15 +317,7 @@ async fn status(args: StatusArgs) -> Result<(), Box<dyn std::error::Error + Send
     let list = credentials
         .list(&ListParams::default())
         .await
-        .map_err(|e| match e {
-            kube::Error::Api(status) => {
-                format!(
-                    "cannot list OAuthCredentials: {} (HTTP {})",
-                    status.message, status.code
-                )
-            }
-            other => format!("cannot list OAuthCredentials: {other}"),
-        })?;
+        .map_err(|e| authorize::api_error("cannot list OAuthCredentials", e))?;
     let now = Timestamp::now();
     let rows = summary::rows(&list.items, &program_name(), now);
     match args.output {
