@@ -11,22 +11,24 @@
 
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use secrecy::{ExposeSecret, SecretString};
+use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use url::Url;
 
+use crate::api_error::ApiError;
 use crate::consent::{self, ConsentError, Pkce};
-use crate::controller::{client_credentials, sealed_key};
+use crate::endpoint::{self, EndpointError, TokenEndpoint};
+use crate::input_secrets::{self, ClientCredentials, ClientSecretError};
+use crate::refresh_token_store::{self, StoreError};
 use crate::resource::{FORCE_REFRESH_ANNOTATION, OAuthCredential, READY};
 use crate::summary::short;
-use crate::token_client::{TokenClient, TokenClientConfig, TokenEndpoint};
-
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
+use crate::token_client::{TokenClient, TokenClientConfig};
 
 /// Field manager of the writes `authorize` makes.
 pub const FIELD_MANAGER: &str = "oauth-token-operator-authorize";
@@ -48,6 +50,66 @@ pub struct Options {
     pub program: String,
 }
 
+/// Why `authorize` did not finish. Every message says whether anything was
+/// written; none holds a code or a token.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(
+        "OAuthCredential {target} does not exist (`kubectl get oauthcredentials -n {namespace}`)"
+    )]
+    NotFound { target: String, namespace: String },
+    #[error("{target}: {source}")]
+    Endpoint {
+        target: String,
+        source: EndpointError,
+    },
+    #[error(transparent)]
+    ClientSecret(#[from] ClientSecretError),
+    #[error("{0}; nothing was asked of anyone")]
+    WouldFail(ApiError),
+    #[error("cannot listen on 127.0.0.1 for the redirect: {0}")]
+    Listen(std::io::Error),
+    #[error("no consent arrived within {0}; nothing was written")]
+    NoConsent(String),
+    #[error("the redirect listener stopped; nothing was written")]
+    ListenerStopped,
+    #[error(transparent)]
+    Consent(#[from] ConsentError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(
+        "the token endpoint did not accept the authorization code ({reason}: {provider}); nothing was written"
+    )]
+    CodeRejected {
+        reason: &'static str,
+        provider: String,
+    },
+    #[error("consent was given, but {0}; nothing was written. Fix that and run this command again")]
+    NotStored(ApiError),
+    #[error(
+        "the refresh token is stored, but the operator did not act on it within {wait}. Is the \
+         operator running and watching namespace {namespace}? See `kubectl describe oauthcredential -n {namespace} {name}`"
+    )]
+    NotActedOn {
+        wait: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("the refresh token is stored, but {0} was deleted")]
+    Deleted(String),
+    #[error(
+        "the refresh token is stored, but the operator's refresh with it failed ({failure}). \
+         Check with `{program} status -n {namespace}`"
+    )]
+    RefreshFailed {
+        failure: String,
+        program: String,
+        namespace: String,
+    },
+}
+
 /// What the redirect listener or the terminal received.
 struct Arrival {
     query: String,
@@ -55,144 +117,45 @@ struct Arrival {
     reply: Option<oneshot::Sender<bool>>,
 }
 
+/// Everything read and checked before a person is asked anything.
+struct Prepared {
+    target: String,
+    credential: OAuthCredential,
+    credentials: Api<OAuthCredential>,
+    token_endpoint: TokenEndpoint,
+    authorization_endpoint: Url,
+    client: ClientCredentials,
+    store: Store,
+}
+
 pub async fn run(client: Client, options: Options) -> Result<(), Error> {
-    let target = format!("{}/{}", options.namespace, options.name);
-    let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), &options.namespace);
-    let credential = credentials
-        .get_opt(&options.name)
-        .await
-        .map_err(|e| api_error(&format!("cannot read OAuthCredential {target}"), e))?
-        .ok_or_else(|| {
-            format!(
-                "OAuthCredential {target} does not exist (`kubectl get oauthcredentials -n {}`)",
-                options.namespace
-            )
-        })?;
-    let spec = &credential.spec;
-    let google = spec.provider.google.is_some();
-    let allow_http = options.allow_insecure_loopback_http;
-    let token_endpoint = TokenEndpoint::from_provider(&spec.provider, allow_http)
-        .map_err(|e| format!("{target}: {e}"))?;
-    let authorization_endpoint = consent::authorization_endpoint(&spec.provider, allow_http)
-        .map_err(|e| format!("{target}: {e}"))?;
-
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &options.namespace);
-    let client_secret_name = &spec.client_secret_ref.name;
-    let client_secret = secrets.get_opt(client_secret_name).await.map_err(|e| {
-        api_error(
-            &format!(
-                "cannot read the client Secret {}/{client_secret_name}",
-                options.namespace
-            ),
-            e,
-        )
-    })?;
-    let oauth_client = client_credentials(client_secret.as_ref(), &spec.client_secret_ref)?;
-    let store = Store {
-        secrets,
-        name: spec.refresh_token_secret_ref.name.clone(),
-        key: spec.refresh_token_secret_ref.key.clone(),
-        namespace: options.namespace.clone(),
-    };
-
-    // Before a person is asked anything: would both writes be accepted?
-    store
-        .write(&SecretString::from("dry-run"), true)
-        .await
-        .map_err(|e| format!("{}; nothing was asked of anyone", store.failure(e, None)))?;
-    request_refresh(&credentials, &options.name, "dry-run", true)
-        .await
-        .map_err(|e| {
-            api_error(
-                &format!("cannot annotate OAuthCredential {target} to ask for a refresh; nothing was asked of anyone"),
-                e,
-            )
-        })?;
-
+    let prepared = prepare(client, &options).await?;
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1 for the redirect: {e}"))?;
-    let redirect_uri = format!("http://127.0.0.1:{}/", listener.local_addr()?.port());
+        .map_err(Error::Listen)?;
+    let redirect_uri = format!(
+        "http://127.0.0.1:{}/",
+        listener.local_addr().map_err(Error::Listen)?.port()
+    );
     let pkce = Pkce::generate();
     let state = consent::new_state();
-    let url = consent::authorization_url(&consent::Request {
-        endpoint: &authorization_endpoint,
-        google,
-        client_id: &oauth_client.client_id,
-        redirect_uri: &redirect_uri,
-        scopes: &spec.scopes,
-        state: &state,
-        code_challenge: pkce.challenge(),
-    });
-
     let (arrivals, mut arrived) = mpsc::channel::<Arrival>(4);
     let server = tokio::spawn(serve_redirect(listener, arrivals.clone()));
     read_pasted_addresses(arrivals, redirect_uri.clone());
-
-    let opened = !options.no_browser && open_browser(url.as_str());
-    if opened {
-        eprintln!(
-            "Opened the consent page for {target} in your browser. If it did not appear, open:\n"
-        );
-    } else {
-        eprintln!(
-            "Open this address in a browser and sign in with the account that grants access for {target}:\n"
-        );
-    }
-    eprintln!("  {url}\n");
-    eprintln!(
-        "Waiting up to {} for consent. If the browser runs on another machine, it ends on an \
-         address starting with {redirect_uri} that does not load there: copy that whole \
-         address and paste it here, then press Enter.",
-        short(options.timeout.as_secs() as i64)
-    );
+    offer_consent(&prepared, &options, &redirect_uri, &state, &pkce);
 
     let arrival = tokio::time::timeout(options.timeout, arrived.recv())
         .await
-        .map_err(|_| {
-            format!(
-                "no consent arrived within {}; nothing was written",
-                short(options.timeout.as_secs() as i64)
-            )
-        })?
-        .ok_or("the redirect listener stopped; nothing was written")?;
-
-    let outcome = async {
-        let code = consent::read_redirect(&arrival.query, &state)?;
-        let token_client = TokenClient::new(&TokenClientConfig {
-            allow_insecure_loopback_http: allow_http,
-            ..Default::default()
-        })?;
-        let token = token_client
-            .exchange_code(
-                &token_endpoint,
-                &oauth_client,
-                &code,
-                pkce.verifier(),
-                &redirect_uri,
-                Timestamp::now,
-            )
-            .await
-            .map_err(|failure| {
-                format!(
-                    "the token endpoint did not accept the authorization code ({}: {}); nothing was written",
-                    failure.reason,
-                    failure.provider.summary()
-                )
-            })?;
-        let refresh_token = token.refresh_token.ok_or(ConsentError::NoRefreshToken)?;
-        let missing = consent::missing_scopes(&spec.scopes, token.scope.as_deref(), google);
-        if !missing.is_empty() {
-            return Err(Error::from(ConsentError::MissingScopes(missing)));
-        }
-        store.write(&refresh_token, false).await.map_err(|e| {
-            format!(
-                "consent was given, but {}; nothing was written. Fix that and run this command again",
-                store.failure(e, Some(&refresh_token))
-            )
-        })?;
-        Ok::<_, Error>(token.scope)
-    }
+        .map_err(|_| Error::NoConsent(short(options.timeout.as_secs() as i64)))?
+        .ok_or(Error::ListenerStopped)?;
+    let outcome = exchange_and_store(
+        &prepared,
+        &options,
+        &arrival.query,
+        &state,
+        &pkce,
+        &redirect_uri,
+    )
     .await;
     if let Some(reply) = arrival.reply {
         let _ = reply.send(outcome.is_ok());
@@ -208,29 +171,175 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
             .map(|scopes| format!(" for {scopes}"))
             .unwrap_or_default(),
         options.namespace,
-        store.name,
-        store.key
+        prepared.store.name,
+        prepared.store.key
     );
     let requested = Timestamp::now().to_string();
-    request_refresh(&credentials, &options.name, &requested, false)
+    request_refresh(&prepared.credentials, &options.name, &requested, false)
         .await
         .map_err(|e| {
-            api_error(
-                &format!(
-                    "the refresh token is stored, but asking the operator to refresh {target} failed"
-                ),
-                e,
-            )
+            let context = format!(
+                "the refresh token is stored, but asking the operator to refresh {} failed",
+                prepared.target
+            );
+            ApiError::new(context, e)
         })?;
     if options.wait.is_zero() {
-        println!("{target}: refresh token stored; the operator refreshes with it next");
+        println!(
+            "{}: refresh token stored; the operator refreshes with it next",
+            prepared.target
+        );
         return Ok(());
     }
     eprintln!(
         "Asked the operator to refresh with it; waiting up to {}.",
         short(options.wait.as_secs() as i64)
     );
-    wait_for_refresh(&credentials, &options, &requested).await
+    wait_for_refresh(&prepared.credentials, &options, &requested).await
+}
+
+/// Reads the credential and its client, and tries both writes as dry runs.
+async fn prepare(client: Client, options: &Options) -> Result<Prepared, Error> {
+    let target = format!("{}/{}", options.namespace, options.name);
+    let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), &options.namespace);
+    let credential = credentials
+        .get_opt(&options.name)
+        .await
+        .map_err(|e| ApiError::new(format!("cannot read OAuthCredential {target}"), e))?
+        .ok_or_else(|| Error::NotFound {
+            target: target.clone(),
+            namespace: options.namespace.clone(),
+        })?;
+    let spec = &credential.spec;
+    let allow_http = options.allow_insecure_loopback_http;
+    let endpoint_error = |source| Error::Endpoint {
+        target: target.clone(),
+        source,
+    };
+    let token_endpoint =
+        TokenEndpoint::from_provider(&spec.provider, allow_http).map_err(endpoint_error)?;
+    let authorization_endpoint =
+        endpoint::authorization_endpoint(&spec.provider, allow_http).map_err(endpoint_error)?;
+    let secrets: Api<Secret> = Api::namespaced(client, &options.namespace);
+    let client_secret_name = &spec.client_secret_ref.name;
+    let client_secret = secrets.get_opt(client_secret_name).await.map_err(|e| {
+        let context = format!(
+            "cannot read the client Secret {}/{client_secret_name}",
+            options.namespace
+        );
+        ApiError::new(context, e)
+    })?;
+    let client =
+        input_secrets::client_credentials(client_secret.as_ref(), &spec.client_secret_ref)?;
+    let store = Store {
+        secrets,
+        name: spec.refresh_token_secret_ref.name.clone(),
+        key: spec.refresh_token_secret_ref.key.clone(),
+        namespace: options.namespace.clone(),
+    };
+    // Before a person is asked anything: would both writes be accepted?
+    store
+        .write(&SecretString::from("dry-run"), true)
+        .await
+        .map_err(Error::WouldFail)?;
+    request_refresh(&credentials, &options.name, "dry-run", true)
+        .await
+        .map_err(|e| {
+            let context = format!(
+                "cannot annotate OAuthCredential {target} to ask for a refresh; nothing was asked of anyone"
+            );
+            ApiError::new(context, e)
+        })?;
+    Ok(Prepared {
+        target,
+        credential,
+        credentials,
+        token_endpoint,
+        authorization_endpoint,
+        client,
+        store,
+    })
+}
+
+/// Opens (or prints) the consent page and says what to do.
+fn offer_consent(
+    prepared: &Prepared,
+    options: &Options,
+    redirect_uri: &str,
+    state: &str,
+    pkce: &Pkce,
+) {
+    let spec = &prepared.credential.spec;
+    let url = consent::authorization_url(&consent::Request {
+        endpoint: &prepared.authorization_endpoint,
+        google: spec.provider.google.is_some(),
+        client_id: &prepared.client.client_id,
+        redirect_uri,
+        scopes: &spec.scopes,
+        state,
+        code_challenge: pkce.challenge(),
+    });
+    let target = &prepared.target;
+    if !options.no_browser && open_browser(url.as_str()) {
+        eprintln!(
+            "Opened the consent page for {target} in your browser. If it did not appear, open:\n"
+        );
+    } else {
+        eprintln!(
+            "Open this address in a browser and sign in with the account that grants access for {target}:\n"
+        );
+    }
+    eprintln!("  {url}\n");
+    eprintln!(
+        "Waiting up to {} for consent. If the browser runs on another machine, it ends on an \
+         address starting with {redirect_uri} that does not load there: copy that whole \
+         address and paste it here, then press Enter.",
+        short(options.timeout.as_secs() as i64)
+    );
+}
+
+/// Checks the redirect, exchanges the code, checks the answer, and only
+/// then stores the refresh token. Returns the granted scopes.
+async fn exchange_and_store(
+    prepared: &Prepared,
+    options: &Options,
+    query: &str,
+    state: &str,
+    pkce: &Pkce,
+    redirect_uri: &str,
+) -> Result<Option<String>, Error> {
+    let code = consent::read_redirect(query, state)?;
+    let token_client = TokenClient::new(&TokenClientConfig {
+        allow_insecure_loopback_http: options.allow_insecure_loopback_http,
+        ..Default::default()
+    })?;
+    let token = token_client
+        .exchange_code(
+            &prepared.token_endpoint,
+            &prepared.client,
+            &code,
+            pkce.verifier(),
+            redirect_uri,
+            Timestamp::now,
+        )
+        .await
+        .map_err(|failure| Error::CodeRejected {
+            reason: failure.reason,
+            provider: failure.provider.summary(),
+        })?;
+    let refresh_token = token.refresh_token.ok_or(ConsentError::NoRefreshToken)?;
+    let spec = &prepared.credential.spec;
+    let google = spec.provider.google.is_some();
+    let missing = consent::missing_scopes(&spec.scopes, token.scope.as_deref(), google);
+    if !missing.is_empty() {
+        return Err(ConsentError::MissingScopes(missing).into());
+    }
+    prepared
+        .store
+        .write(&refresh_token, false)
+        .await
+        .map_err(|e| Error::NotStored(e.redacted(refresh_token.expose_secret())))?;
+    Ok(token.scope)
 }
 
 /// Waits until the operator has acted on the force-refresh value `requested`
@@ -259,19 +368,28 @@ async fn wait_for_refresh(
         }
     };
     let credential = tokio::time::timeout(options.wait, acted)
-    .await
-    .map_err(|_| {
-        format!(
-            "the refresh token is stored, but the operator did not act on it within {}. Is the \
-             operator running and watching namespace {}? See `kubectl describe oauthcredential -n {} {}`",
-            short(options.wait.as_secs() as i64),
-            options.namespace,
-            options.namespace,
-            options.name
-        )
-    })?
-    .map_err(|e| api_error(&format!("the refresh token is stored, but reading {target} failed"), e))?
-    .ok_or_else(|| format!("the refresh token is stored, but {target} was deleted"))?;
+        .await
+        .map_err(|_| Error::NotActedOn {
+            wait: short(options.wait.as_secs() as i64),
+            namespace: options.namespace.clone(),
+            name: options.name.clone(),
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                format!("the refresh token is stored, but reading {target} failed"),
+                e,
+            )
+        })?
+        .ok_or_else(|| Error::Deleted(target.clone()))?;
+    report_refresh(credential, options, &target)
+}
+
+/// Success when the operator's refresh with the new token left it Ready.
+fn report_refresh(
+    credential: OAuthCredential,
+    options: &Options,
+    target: &str,
+) -> Result<(), Error> {
     let status = credential.status.unwrap_or_default();
     match status.condition(READY) {
         Some(ready) if ready.status == "True" && status.failed_attempts == 0 => {
@@ -287,18 +405,14 @@ async fn wait_for_refresh(
             );
             Ok(())
         }
-        _ => {
-            let failure = status
+        _ => Err(Error::RefreshFailed {
+            failure: status
                 .last_failure
                 .map(|f| format!("{}: {}", f.reason, f.message))
-                .unwrap_or_else(|| "no failure recorded".into());
-            Err(format!(
-                "the refresh token is stored, but the operator's refresh with it failed ({failure}). \
-                 Check with `{} status -n {}`",
-                options.program, options.namespace
-            )
-            .into())
-        }
+                .unwrap_or_else(|| "no failure recorded".into()),
+            program: options.program.clone(),
+            namespace: options.namespace.clone(),
+        }),
     }
 }
 
@@ -334,66 +448,36 @@ impl Store {
     /// sight) and removes a sealed value of an earlier token; other keys are
     /// kept. Creates the Secret when it does not exist. Guarded by the
     /// `resourceVersion` read just before, retried on conflict.
-    async fn write(&self, token: &SecretString, dry_run: bool) -> Result<(), kube::Error> {
+    async fn write(&self, token: &SecretString, dry_run: bool) -> Result<(), ApiError> {
         let params = PostParams {
             dry_run,
             field_manager: Some(FIELD_MANAGER.into()),
         };
-        let value = ByteString(token.expose_secret().as_bytes().to_vec());
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = match self.secrets.get_opt(&self.name).await? {
-                None => {
-                    let secret = Secret {
-                        metadata: ObjectMeta {
-                            name: Some(self.name.clone()),
-                            ..Default::default()
-                        },
-                        type_: Some("Opaque".into()),
-                        data: Some([(self.key.clone(), value.clone())].into()),
-                        ..Default::default()
-                    };
-                    self.secrets.create(&params, &secret).await
-                }
-                Some(mut secret) => {
-                    let data = secret.data.get_or_insert_default();
-                    data.remove(&sealed_key(&self.key));
-                    data.insert(self.key.clone(), value.clone());
-                    secret.string_data = None;
-                    self.secrets.replace(&self.name, &params, &secret).await
-                }
-            };
-            match result {
-                Err(kube::Error::Api(status)) if status.code == 409 && attempt < 5 => continue,
-                other => return other.map(|_| ()),
-            }
-        }
-    }
-
-    /// Why the Secret could not be written, without any value of it.
-    fn failure(&self, error: kube::Error, token: Option<&SecretString>) -> String {
-        let mut text = api_error(
-            &format!(
+        let context = || {
+            format!(
                 "the refresh token cannot be stored in Secret {}/{}",
                 self.namespace, self.name
-            ),
-            error,
-        );
-        if let Some(token) = token {
-            text = text.replace(token.expose_secret(), "<redacted>");
+            )
+        };
+        let current = self
+            .secrets
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| ApiError::new(context(), e))?;
+        let stored =
+            refresh_token_store::write(&self.secrets, &self.name, &params, current, 5, |read| {
+                Some(input_secrets::with_new_token(
+                    read, &self.name, &self.key, token,
+                ))
+            })
+            .await;
+        match stored {
+            Ok(_) => Ok(()),
+            Err(StoreError::Kube(e)) => Err(ApiError::new(context(), e)),
+            Err(conflicts @ StoreError::Conflicts(_)) => {
+                Err(ApiError::other(context(), &conflicts))
+            }
         }
-        text
-    }
-}
-
-/// `context: what the API server said (HTTP code)`.
-pub(crate) fn api_error(context: &str, error: kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => {
-            format!("{context}: {} (HTTP {})", status.message, status.code)
-        }
-        other => format!("{context}: {other}"),
     }
 }
 

@@ -12,6 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::resource::FailureCategory;
+
 /// Lifetime assumed when a successful answer has no `expires_in` (it is only
 /// RECOMMENDED by RFC 6749 §5.1). Short enough to be safe, long enough not to
 /// hammer the provider.
@@ -25,8 +27,6 @@ pub struct Token {
     pub access_token: SecretString,
     pub token_type: String,
     pub expires_in: Duration,
-    /// `true` when the answer had no `expires_in` and `DEFAULT_LIFETIME` was assumed.
-    pub lifetime_assumed: bool,
     /// Space-separated scopes, when the provider reported them.
     pub scope: Option<String>,
     /// A new refresh token (rotation). Must be persisted before anything else.
@@ -41,25 +41,11 @@ pub struct ProviderError {
     pub subtype: Option<String>,
 }
 
-/// Who can fix a failed refresh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureClass {
-    /// `invalid_grant`: the refresh token is revoked or expired. Only new
-    /// consent helps; the provider is not called again until the refresh-token
-    /// Secret or the spec changes.
-    NeedsReauth,
-    /// The client or the request is wrong (`invalid_client`, `invalid_scope`,
-    /// ...). Re-consenting does not help; fixing the client Secret or the spec does.
-    Configuration,
-    /// Worth retrying with backoff: rate limits, server errors, network
-    /// errors, malformed answers.
-    Transient,
-}
-
 /// Why a refresh failed. Holds no token and no response body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    pub class: FailureClass,
+    /// Who can fix it.
+    pub category: FailureCategory,
     /// The CamelCase reason used in conditions, events and metrics. A fixed,
     /// small set: safe as a metric label.
     pub reason: &'static str,
@@ -74,13 +60,13 @@ pub struct Failure {
 
 impl Failure {
     fn new(
-        class: FailureClass,
+        category: FailureCategory,
         reason: &'static str,
         detail: &'static str,
         http_status: Option<u16>,
     ) -> Self {
         Self {
-            class,
+            category,
             reason,
             detail,
             provider: Box::default(),
@@ -96,16 +82,16 @@ impl Failure {
             .http_status
             .map(|code| format!("HTTP {code}, "))
             .unwrap_or_default();
-        match self.class {
-            FailureClass::NeedsReauth => format!(
+        match self.category {
+            FailureCategory::ReauthRequired => format!(
                 "the provider rejected the refresh token ({status}{provider}): it was revoked or has expired; \
                  grant consent again, for example with `oauth-token-operator authorize`, to store a new refresh token"
             ),
-            FailureClass::Configuration => format!(
+            FailureCategory::Configuration => format!(
                 "the token endpoint rejected the client or the request ({status}{provider}); \
                  fix the client Secret or the credential's spec: new consent will not help"
             ),
-            FailureClass::Transient => {
+            FailureCategory::Transient => {
                 let mut message = self.detail.to_string();
                 if let Some(code) = self.http_status {
                     message.push_str(&format!(" (HTTP {code}"));
@@ -165,7 +151,7 @@ struct ErrorBody {
 
 /// Classifies a complete HTTP answer from the token endpoint.
 pub fn classify(answer: &Answer<'_>, now: Timestamp) -> Result<Token, Failure> {
-    use FailureClass::{Configuration, NeedsReauth, Transient};
+    use FailureCategory::{Configuration, ReauthRequired, Transient};
     let status = answer.status;
     let retry_after = answer.retry_after.and_then(|v| parse_retry_after(v, now));
     let with_retry_after = |mut failure: Failure| {
@@ -194,8 +180,8 @@ pub fn classify(answer: &Answer<'_>, now: Timestamp) -> Result<Token, Failure> {
     let provider = parse_error(answer.body);
     // The provider's own word decides first: invalid_grant needs a person
     // whatever the HTTP status, and "temporarily unavailable" is transient.
-    let (class, reason, detail) = match provider.error.as_deref().unwrap_or("") {
-        "invalid_grant" => (NeedsReauth, "InvalidGrant", ""),
+    let (category, reason, detail) = match provider.error.as_deref().unwrap_or("") {
+        "invalid_grant" => (ReauthRequired, "InvalidGrant", ""),
         "temporarily_unavailable" | "server_error" | "internal_failure" | "slow_down" => (
             Transient,
             "ProviderUnavailable",
@@ -232,7 +218,7 @@ pub fn classify(answer: &Answer<'_>, now: Timestamp) -> Result<Token, Failure> {
             ),
         },
     };
-    let mut failure = with_retry_after(Failure::new(class, reason, detail, Some(status)));
+    let mut failure = with_retry_after(Failure::new(category, reason, detail, Some(status)));
     failure.provider = Box::new(provider);
     Err(failure)
 }
@@ -244,19 +230,15 @@ fn parse_success(body: &[u8]) -> Result<Token, &'static str> {
         .access_token
         .filter(|t| !t.is_empty())
         .ok_or("the token endpoint's answer has no access_token")?;
-    let (expires_in, lifetime_assumed) = match parsed.expires_in {
-        None | Some(serde_json::Value::Null) => (DEFAULT_LIFETIME, true),
-        Some(value) => (
-            parse_expires_in(&value)
-                .ok_or("the token endpoint's expires_in is not a positive number of seconds")?,
-            false,
-        ),
+    let expires_in = match parsed.expires_in {
+        None | Some(serde_json::Value::Null) => DEFAULT_LIFETIME,
+        Some(value) => parse_expires_in(&value)
+            .ok_or("the token endpoint's expires_in is not a positive number of seconds")?,
     };
     Ok(Token {
         access_token: SecretString::from(access_token),
         token_type: parsed.token_type.unwrap_or_else(|| "Bearer".into()),
         expires_in,
-        lifetime_assumed,
         scope: parsed.scope.filter(|s| !s.trim().is_empty()),
         refresh_token: parsed
             .refresh_token
@@ -347,7 +329,6 @@ mod tests {
         assert_eq!(token.expires_in, Duration::from_secs(3599));
         assert_eq!(token.scope.as_deref(), Some("s1 s2"));
         assert!(token.refresh_token.is_none());
-        assert!(!token.lifetime_assumed);
     }
 
     #[test]
@@ -366,7 +347,6 @@ mod tests {
     fn a_success_without_expires_in_assumes_an_hour() {
         let token = answer(200, r#"{"access_token":"a"}"#).unwrap();
         assert_eq!(token.expires_in, DEFAULT_LIFETIME);
-        assert!(token.lifetime_assumed);
     }
 
     #[test]
@@ -396,7 +376,7 @@ mod tests {
             r#"{"error":"invalid_grant","error_subtype":"rapt_required"}"#,
         ] {
             let failure = answer(400, body).unwrap_err();
-            assert_eq!(failure.class, FailureClass::NeedsReauth, "{body}");
+            assert_eq!(failure.category, FailureCategory::ReauthRequired, "{body}");
             assert_eq!(failure.reason, "InvalidGrant");
         }
         let failure = answer(
@@ -429,7 +409,7 @@ mod tests {
                 &format!(r#"{{"error":"{error}","error_description":"d"}}"#),
             )
             .unwrap_err();
-            assert_eq!(failure.class, FailureClass::Configuration, "{error}");
+            assert_eq!(failure.category, FailureCategory::Configuration, "{error}");
             assert_eq!(failure.reason, reason, "{error}");
             assert!(
                 !failure.message().contains("oauth-token-operator authorize"),
@@ -442,7 +422,7 @@ mod tests {
     fn rate_limits_server_errors_and_timeouts_are_transient() {
         for status in [429, 408, 500, 502, 503, 504] {
             let failure = answer(status, "").unwrap_err();
-            assert_eq!(failure.class, FailureClass::Transient, "{status}");
+            assert_eq!(failure.category, FailureCategory::Transient, "{status}");
         }
         assert_eq!(answer(429, "").unwrap_err().reason, "RateLimited");
         assert_eq!(

@@ -11,11 +11,6 @@ use secrecy::{ExposeSecret, SecretString};
 use thiserror::Error;
 
 use crate::classify;
-use crate::resource::Provider;
-use crate::token_client::{EndpointError, checked_endpoint};
-
-/// Google's authorization endpoint for installed apps.
-pub const GOOGLE_AUTHORIZATION_ENDPOINT: &str = "https://accounts.google.com/o/oauth2/v2/auth";
 
 /// A PKCE code verifier and its S256 challenge.
 pub struct Pkce {
@@ -60,23 +55,6 @@ fn random_base64url<const N: usize>() -> String {
         .fill(&mut bytes)
         .expect("the system's random source works");
     URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The authorization endpoint a provider spec names, if the transport policy
-/// allows it: Google's for `google: {}`, else `authorizationEndpoint`.
-pub fn authorization_endpoint(
-    provider: &Provider,
-    allow_insecure_loopback_http: bool,
-) -> Result<Url, EndpointError> {
-    const FIELD: &str = "authorizationEndpoint";
-    if provider.google.is_some() {
-        return Ok(Url::parse(GOOGLE_AUTHORIZATION_ENDPOINT).expect("constant URL"));
-    }
-    let raw = provider
-        .authorization_endpoint
-        .as_deref()
-        .ok_or(EndpointError::Missing { field: FIELD })?;
-    checked_endpoint(raw, FIELD, allow_insecure_loopback_http)
 }
 
 /// What goes into the authorization URL.
@@ -223,6 +201,7 @@ pub fn missing_scopes(requested: &[String], granted: Option<&str>, google: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::GOOGLE_AUTHORIZATION_ENDPOINT;
 
     #[test]
     fn the_s256_challenge_matches_rfc_7636_appendix_b() {
@@ -304,41 +283,6 @@ mod tests {
             !params
                 .iter()
                 .any(|(k, _)| k == "access_type" || k == "prompt")
-        );
-    }
-
-    #[test]
-    fn the_authorization_endpoint_follows_the_transport_policy() {
-        let generic = |url: &str| Provider {
-            token_endpoint: Some("https://login.example.com/token".into()),
-            authorization_endpoint: Some(url.into()),
-            ..Default::default()
-        };
-        assert!(authorization_endpoint(&generic("https://login.example.com/auth"), false).is_ok());
-        assert_eq!(
-            authorization_endpoint(&generic("http://127.0.0.1:9/auth"), false),
-            Err(EndpointError::Insecure {
-                field: "authorizationEndpoint"
-            })
-        );
-        assert!(authorization_endpoint(&generic("http://127.0.0.1:9/auth"), true).is_ok());
-        let without = Provider {
-            token_endpoint: Some("https://login.example.com/token".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            authorization_endpoint(&without, false),
-            Err(EndpointError::Missing {
-                field: "authorizationEndpoint"
-            })
-        );
-        let google = Provider {
-            google: Some(Default::default()),
-            ..Default::default()
-        };
-        assert_eq!(
-            authorization_endpoint(&google, false).unwrap().as_str(),
-            GOOGLE_AUTHORIZATION_ENDPOINT
         );
     }
 

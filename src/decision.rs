@@ -76,6 +76,15 @@ pub enum Plan {
     WaitUntil(Timestamp),
 }
 
+/// The force-refresh request not yet acted on: the annotation's value, unless
+/// status records it as done.
+pub fn pending_force<'a>(
+    annotation: Option<&'a str>,
+    status: Option<&OAuthCredentialStatus>,
+) -> Option<&'a str> {
+    annotation.filter(|value| status.and_then(|s| s.last_forced_refresh.as_deref()) != Some(*value))
+}
+
 /// Decides what to do at `now`.
 pub fn decide(view: &View<'_>, now: Timestamp) -> Plan {
     if view.output == OutputSecret::Foreign {
@@ -84,9 +93,7 @@ pub fn decide(view: &View<'_>, now: Timestamp) -> Plan {
     let Some(status) = view.status else {
         return Plan::Refresh(RefreshReason::SpecChanged);
     };
-    if let Some(requested) = view.force_refresh
-        && status.last_forced_refresh.as_deref() != Some(requested)
-    {
+    if pending_force(view.force_refresh, Some(status)).is_some() {
         return Plan::Refresh(RefreshReason::Forced);
     }
     if status.observed_generation != Some(view.generation) {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use secrecy::ExposeSecret;
@@ -70,16 +71,20 @@ impl Keys {
     }
 }
 
-/// Loads the ring, creating the Secret with a fresh key when the source is a
-/// Secret that does not exist yet.
-pub async fn load(client: &Client, source: &KeySource) -> Result<KeyRing, KeysError> {
+/// Loads the ring, creating the Secret with a fresh key (named after `now`)
+/// when the source is a Secret that does not exist yet.
+pub async fn load(
+    client: &Client,
+    source: &KeySource,
+    now: Timestamp,
+) -> Result<KeyRing, KeysError> {
     match read(client, source).await? {
         Some(ring) => Ok(ring),
         None => {
             let KeySource::Secret { namespace, name } = source else {
                 unreachable!("files are never created")
             };
-            create_secret(client, namespace, name).await
+            create_secret(client, namespace, name, now).await
         }
     }
 }
@@ -121,11 +126,13 @@ async fn read(client: &Client, source: &KeySource) -> Result<Option<KeyRing>, Ke
         .map_err(|error| KeysError::Invalid { source_name, error })
 }
 
-async fn create_secret(client: &Client, namespace: &str, name: &str) -> Result<KeyRing, KeysError> {
-    let id = format!(
-        "k{}",
-        k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%d%H%M%S")
-    );
+async fn create_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<KeyRing, KeysError> {
+    let id = format!("k{}", now.strftime("%Y%m%d%H%M%S"));
     let ring = KeyRing::generate(&id);
     let secret = Secret {
         metadata: ObjectMeta {

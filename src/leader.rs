@@ -11,6 +11,7 @@
 //! exchange the same refresh token. This costs no write per refresh, unlike
 //! recording each attempt in status.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tracing::debug;
 
+use crate::admin::Health;
+
 /// The Lease as last seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseView {
@@ -28,6 +31,20 @@ pub struct LeaseView {
     pub renewed: Option<Timestamp>,
     pub duration: Duration,
 }
+
+impl LeaseView {
+    fn of(lease: Lease) -> Self {
+        let spec = lease.spec.unwrap_or_default();
+        LeaseView {
+            holder: spec.holder_identity,
+            renewed: spec.renew_time.map(|t| t.0),
+            duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+        }
+    }
+}
+
+/// The name of the Lease watch, for health.
+const WATCH: &str = "lease";
 
 /// Whether `identity` may start a call that can take up to `budget`, at `now`:
 /// it must hold the Lease, and the Lease must outlive the call.
@@ -92,50 +109,47 @@ impl Fence {
         }
     }
 
-    /// A fence over the Lease `namespace/name`, kept current by a watch that
-    /// runs until the process ends. `budget` is the longest a token-endpoint
-    /// call may take, plus a margin.
+    /// A fence over the Lease `namespace/name`, and the watch that keeps it
+    /// current: a future that runs until the process ends, for the caller to
+    /// supervise (the fence says no once that watch stops). `budget` is the
+    /// longest a token-endpoint call may take, plus a margin.
     pub fn watching(
         client: Client,
         namespace: &str,
         name: &str,
         identity: &str,
         budget: Duration,
-    ) -> Self {
+        health: Arc<Health>,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let view = Arc::new(RwLock::new(None));
         let api: Api<Lease> = Api::namespaced(client, namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let shared = view.clone();
-        tokio::spawn(async move {
+        let watch = async move {
             let mut leases = watcher(api, config)
                 .default_backoff()
+                .inspect(move |event| health.observe_watch(WATCH, event.is_ok()))
                 .touched_objects()
                 .boxed();
             while let Some(event) = leases.next().await {
                 match event {
                     Ok(lease) => {
-                        let spec = lease.spec.unwrap_or_default();
-                        let seen = LeaseView {
-                            holder: spec.holder_identity,
-                            renewed: spec.renew_time.map(|t| t.0),
-                            duration: Duration::from_secs(
-                                spec.lease_duration_seconds.unwrap_or(0).max(0) as u64,
-                            ),
-                        };
+                        let seen = LeaseView::of(lease);
                         debug!(holder = ?seen.holder, renewed = ?seen.renewed, "lease observed");
                         *shared.write().expect("lease view lock") = Some(seen);
                     }
                     Err(error) => debug!(%error, "lease watch error; retrying"),
                 }
             }
-        });
-        Fence {
+        };
+        let fence = Fence {
             mode: FenceMode::Lease {
                 identity: identity.to_string(),
                 view,
                 budget,
             },
-        }
+        };
+        (fence, watch)
     }
 
     /// Whether a token-endpoint call may start now.

@@ -137,7 +137,6 @@ mod tests {
             access_token: SecretString::from("ya29.token"),
             token_type: "Bearer".into(),
             expires_in: Duration::from_secs(3600),
-            lifetime_assumed: false,
             scope: Some("s".into()),
             refresh_token: None,
         };

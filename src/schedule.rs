@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use crate::resource::FailureCategory;
+
 /// Jitter moves a refresh earlier by at most this fraction of the margin...
 const JITTER_FRACTION_OF_MARGIN: f64 = 0.1;
 /// ...and never by more than this.
@@ -123,27 +125,22 @@ pub fn refresh_time(
     whole_seconds(at.max(issued_at))
 }
 
-/// The class of a failure, as far as backoff is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackoffClass {
-    Transient,
-    Configuration,
-}
-
 /// When to try again after the `failed_attempts`-th consecutive failure
-/// (counting from 1) at `now`: exponential from the class's base to its cap,
-/// with up to 20% subtracted as jitter, and never before `retry_after` from the
-/// provider (itself capped at an hour).
+/// (counting from 1) at `now`: exponential from the category's base to its
+/// cap, with up to 20% subtracted as jitter, and never before `retry_after`
+/// from the provider (itself capped at an hour). Never, for a failure that
+/// only a person can fix.
 pub fn retry_time(
     now: Timestamp,
-    class: BackoffClass,
+    category: FailureCategory,
     failed_attempts: u32,
     retry_after: Option<Duration>,
     jitter_seed: &str,
-) -> Timestamp {
-    let (base, cap) = match class {
-        BackoffClass::Transient => (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_CAP),
-        BackoffClass::Configuration => (CONFIGURATION_BACKOFF_BASE, CONFIGURATION_BACKOFF_CAP),
+) -> Option<Timestamp> {
+    let (base, cap) = match category {
+        FailureCategory::Transient => (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_CAP),
+        FailureCategory::Configuration => (CONFIGURATION_BACKOFF_BASE, CONFIGURATION_BACKOFF_CAP),
+        FailureCategory::ReauthRequired => return None,
     };
     let exponent = failed_attempts.saturating_sub(1).min(20);
     let backoff = base.saturating_mul(1 << exponent).min(cap);
@@ -155,11 +152,11 @@ pub fn retry_time(
     // Round up so that the retry is never earlier than the backoff says.
     let at = now + SignedDuration::try_from(wait).expect("bounded backoff fits");
     let whole = whole_seconds(at);
-    if whole == at {
+    Some(if whole == at {
         whole
     } else {
         whole + SignedDuration::from_secs(1)
-    }
+    })
 }
 
 #[cfg(test)]
@@ -272,7 +269,11 @@ mod tests {
     #[test]
     fn transient_backoff_doubles_up_to_its_cap_with_at_most_twenty_percent_off() {
         let now = ts("2026-11-21T19:00:00Z");
-        let wait = |n| retry_time(now, BackoffClass::Transient, n, None, "s").duration_since(now);
+        let wait = |n| {
+            retry_time(now, FailureCategory::Transient, n, None, "s")
+                .unwrap()
+                .duration_since(now)
+        };
         let secs = |n| wait(n).as_secs();
         assert!((4..=5).contains(&secs(1)), "{}", secs(1));
         assert!((8..=10).contains(&secs(2)), "{}", secs(2));
@@ -284,9 +285,13 @@ mod tests {
     #[test]
     fn configuration_backoff_is_long() {
         let now = ts("2026-11-21T19:00:00Z");
-        let first = retry_time(now, BackoffClass::Configuration, 1, None, "s").duration_since(now);
+        let first = retry_time(now, FailureCategory::Configuration, 1, None, "s")
+            .unwrap()
+            .duration_since(now);
         assert!(first.as_secs() >= 240, "{first}");
-        let late = retry_time(now, BackoffClass::Configuration, 10, None, "s").duration_since(now);
+        let late = retry_time(now, FailureCategory::Configuration, 10, None, "s")
+            .unwrap()
+            .duration_since(now);
         assert!((2880..=3600).contains(&late.as_secs()), "{late}");
     }
 
@@ -296,11 +301,12 @@ mod tests {
         let after = |s| {
             retry_time(
                 now,
-                BackoffClass::Transient,
+                FailureCategory::Transient,
                 1,
                 Some(Duration::from_secs(s)),
                 "x",
             )
+            .unwrap()
             .duration_since(now)
             .as_secs()
         };
@@ -308,14 +314,14 @@ mod tests {
         let fractional = "2026-11-21T19:00:00.700Z".parse().unwrap();
         let at = retry_time(
             fractional,
-            BackoffClass::Transient,
+            FailureCategory::Transient,
             1,
             Some(Duration::from_secs(12)),
             "x",
         );
         assert_eq!(
             at,
-            ts("2026-11-21T19:00:13Z"),
+            Some(ts("2026-11-21T19:00:13Z")),
             "never earlier than Retry-After, in whole seconds"
         );
         assert!(
@@ -323,5 +329,14 @@ mod tests {
             "a short Retry-After does not shorten the backoff"
         );
         assert_eq!(after(86_400), 3600);
+    }
+
+    #[test]
+    fn a_failure_only_a_person_can_fix_is_never_retried_on_a_timer() {
+        let now = ts("2026-11-21T19:00:00Z");
+        assert_eq!(
+            retry_time(now, FailureCategory::ReauthRequired, 1, None, "s"),
+            None
+        );
     }
 }

@@ -232,11 +232,6 @@ pub fn key_id_of(value: &str) -> Option<&str> {
     split(value).ok().map(|(id, _)| id)
 }
 
-/// Whether a stored value is sealed (as opposed to a plaintext token).
-pub fn is_sealed(value: &str) -> bool {
-    value.starts_with(SEALED_PREFIX)
-}
-
 fn split(sealed: &str) -> Result<(&str, &str), OpenError> {
     let rest = sealed
         .trim()
@@ -373,7 +368,6 @@ mod tests {
             keys.open("oto-sealed:v1:k1:AAAA", "ns", "c").unwrap_err(),
             OpenError::Malformed
         );
-        assert!(!is_sealed("1//0g-plaintext"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::classify::{self, FailureClass};
+use crate::classify;
 use crate::resource::{
     Condition, Failure, FailureCategory, Inputs, OAuthCredentialStatus, READY, REAUTH_REQUIRED,
     RefreshTokenState,
@@ -44,41 +44,45 @@ pub struct Success<'a> {
     pub refresh_token: RefreshTokenState,
 }
 
-/// A failed attempt, or an attempt that could not be made.
-pub struct Failed<'a> {
-    pub now: Timestamp,
-    pub generation: i64,
+/// What went wrong, whichever stage found it: who can fix it, the reason, a
+/// sentence for a person, and the provider's own words when it answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
     pub category: FailureCategory,
-    pub reason: &'a str,
+    pub reason: &'static str,
     pub message: String,
     pub provider: classify::ProviderError,
     pub http_status: Option<u16>,
-    pub inputs: Inputs,
-    /// When to try again; `None` for failures that wait for a person.
-    pub retry_at: Option<Timestamp>,
-    pub forced: Option<&'a str>,
 }
 
-impl<'a> Failed<'a> {
-    /// The record of a token-endpoint failure.
-    pub fn from_classified(failure: &classify::Failure, base: Failed<'a>) -> Failed<'a> {
-        Failed {
-            category: category_of(failure.class),
+impl From<&classify::Failure> for Problem {
+    fn from(failure: &classify::Failure) -> Self {
+        Problem {
+            category: failure.category,
             reason: failure.reason,
             message: failure.message(),
             provider: (*failure.provider).clone(),
             http_status: failure.http_status,
-            ..base
         }
     }
 }
 
-pub fn category_of(class: FailureClass) -> FailureCategory {
-    match class {
-        FailureClass::NeedsReauth => FailureCategory::ReauthRequired,
-        FailureClass::Configuration => FailureCategory::Configuration,
-        FailureClass::Transient => FailureCategory::Transient,
-    }
+/// The attempt an outcome belongs to: when, with which inputs, and which
+/// force-refresh request it acts on.
+#[derive(Clone, Debug)]
+pub struct Attempt<'a> {
+    pub now: Timestamp,
+    pub generation: i64,
+    pub inputs: Inputs,
+    pub forced: Option<&'a str>,
+}
+
+/// A failed attempt, or an attempt that could not be made.
+pub struct Failed<'a> {
+    pub attempt: Attempt<'a>,
+    pub problem: Problem,
+    /// When to try again; `None` for failures that wait for a person.
+    pub retry_at: Option<Timestamp>,
 }
 
 /// Consecutive failures after one more failure. A forced refresh resets the
@@ -129,99 +133,116 @@ pub fn after_success(old: Option<&OAuthCredentialStatus>, s: Success<'_>) -> OAu
 }
 
 pub fn after_failure(old: Option<&OAuthCredentialStatus>, f: Failed<'_>) -> OAuthCredentialStatus {
+    let Failed {
+        attempt,
+        problem,
+        retry_at,
+    } = f;
+    let (now, generation) = (attempt.now, attempt.generation);
     let mut status = old.cloned().unwrap_or_default();
-    let forced = f.forced.is_some();
-    status.failed_attempts = failed_attempts_after_failure(old, forced);
-    status.observed_generation = Some(f.generation);
-    status.refresh_at = f.retry_at.map(Time);
-    if let Some(forced) = f.forced {
+    status.failed_attempts = failed_attempts_after_failure(old, attempt.forced.is_some());
+    status.observed_generation = Some(generation);
+    status.refresh_at = retry_at.map(Time);
+    if let Some(forced) = attempt.forced {
         status.last_forced_refresh = Some(forced.to_string());
     }
     status.last_failure = Some(Failure {
-        time: Time(f.now),
-        category: f.category,
-        reason: f.reason.to_string(),
-        message: f.message.clone(),
-        error: f.provider.error.clone(),
-        error_description: f.provider.description.clone(),
-        error_subtype: f.provider.subtype.clone(),
-        http_status: f.http_status,
-        inputs: f.inputs.clone(),
+        time: Time(now),
+        category: problem.category,
+        reason: problem.reason.to_string(),
+        message: problem.message.clone(),
+        error: problem.provider.error.clone(),
+        error_description: problem.provider.description.clone(),
+        error_subtype: problem.provider.subtype.clone(),
+        http_status: problem.http_status,
+        inputs: attempt.inputs,
     });
 
-    let valid_until = status
-        .expires_at
-        .as_ref()
-        .map(|t| t.0)
-        .filter(|t| *t > f.now);
+    set_ready_after_failure(&mut status, &problem, now, generation);
+    set_reauth_after_failure(&mut status, problem, now, generation);
+    status
+}
+
+/// `Ready` stays `True` while the current token is valid; after that it is
+/// `False`, for `TokenExpired` or, before any token, the failure's reason.
+fn set_ready_after_failure(
+    status: &mut OAuthCredentialStatus,
+    problem: &Problem,
+    now: Timestamp,
+    generation: i64,
+) {
+    let valid_until = status.expires_at.as_ref().map(|t| t.0).filter(|t| *t > now);
     match valid_until {
         Some(until) => set_condition(
-            &mut status,
+            status,
             READY,
             "True",
             reason::REFRESH_FAILING,
             format!(
                 "the current access token is valid until {until}, but refreshing failed: {}",
-                f.message
+                problem.message
             ),
-            f.now,
-            f.generation,
+            now,
+            generation,
         ),
         None => {
             let reason = if status.expires_at.is_some() {
                 reason::TOKEN_EXPIRED
             } else {
-                f.reason
+                problem.reason
             };
             set_condition(
-                &mut status,
+                status,
                 READY,
                 "False",
                 reason,
-                f.message.clone(),
-                f.now,
-                f.generation,
+                problem.message.clone(),
+                now,
+                generation,
             );
         }
     }
+}
 
-    if f.category == FailureCategory::ReauthRequired {
+/// `ReauthRequired` turns `True` for a failure only a person can fix; after
+/// other failures nothing is known about the grant, and a grant that needed
+/// a person is retried only because its inputs changed.
+fn set_reauth_after_failure(
+    status: &mut OAuthCredentialStatus,
+    problem: Problem,
+    now: Timestamp,
+    generation: i64,
+) {
+    if problem.category == FailureCategory::ReauthRequired {
         set_condition(
-            &mut status,
+            status,
             REAUTH_REQUIRED,
             "True",
-            f.reason,
-            f.message,
-            f.now,
-            f.generation,
+            problem.reason,
+            problem.message,
+            now,
+            generation,
         );
-    } else {
-        // Nothing is known about the grant after other failures; a grant that
-        // needed a person is retried only because its inputs changed.
-        let reauth = status.condition(REAUTH_REQUIRED).map(|c| c.status.clone());
-        match reauth.as_deref() {
-            None => set_condition(
-                &mut status,
-                REAUTH_REQUIRED,
-                "Unknown",
-                reason::NOT_YET_REFRESHED,
-                "no refresh has succeeded yet".into(),
-                f.now,
-                f.generation,
-            ),
-            Some("True") => set_condition(
-                &mut status,
-                REAUTH_REQUIRED,
-                "Unknown",
-                reason::RETRYING,
-                "the refresh token or the spec changed; waiting for a refresh to succeed".into(),
-                f.now,
-                f.generation,
-            ),
-            Some(_) => {}
-        }
+        return;
     }
-    status
+    let reauth = status.condition(REAUTH_REQUIRED).map(|c| c.status.clone());
+    let (reason, message) = match reauth.as_deref() {
+        None => (reason::NOT_YET_REFRESHED, "no refresh has succeeded yet"),
+        Some("True") => (
+            reason::RETRYING,
+            "the refresh token or the spec changed; waiting for a refresh to succeed",
+        ),
+        Some(_) => return,
+    };
+    set_condition(
+        status,
+        REAUTH_REQUIRED,
+        "Unknown",
+        reason,
+        message.into(),
+        now,
+        generation,
+    );
 }
 
 /// The output name is taken by a Secret the operator does not own.
@@ -427,16 +448,20 @@ mod tests {
 
     fn failed(now: &str, category: FailureCategory, reason: &'static str) -> Failed<'static> {
         Failed {
-            now: ts(now),
-            generation: 1,
-            category,
-            reason,
-            message: "it failed".into(),
-            provider: Default::default(),
-            http_status: Some(400),
-            inputs: Inputs::default(),
+            attempt: Attempt {
+                now: ts(now),
+                generation: 1,
+                inputs: Inputs::default(),
+                forced: None,
+            },
+            problem: Problem {
+                category,
+                reason,
+                message: "it failed".into(),
+                provider: Default::default(),
+                http_status: Some(400),
+            },
             retry_at: None,
-            forced: None,
         }
     }
 
@@ -581,7 +606,7 @@ mod tests {
             ),
         );
         assert_eq!(s.failed_attempts, 2);
-        f.forced = Some("now");
+        f.attempt.forced = Some("now");
         let s = after_failure(Some(&s), f);
         assert_eq!(s.failed_attempts, 1);
         assert_eq!(s.last_forced_refresh.as_deref(), Some("now"));

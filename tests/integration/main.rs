@@ -11,6 +11,7 @@ mod crd;
 mod leader;
 mod operator;
 mod rbac;
+mod runtime;
 mod sealing;
 mod support;
 mod token_client;

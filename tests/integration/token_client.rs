@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use oauth_token_operator::classify::{Failure, FailureClass, Token};
-use oauth_token_operator::resource::{ClientAuthentication, Provider};
-use oauth_token_operator::token_client::{
-    ClientCredentials, TokenClient, TokenClientConfig, TokenEndpoint,
-};
+use oauth_token_operator::classify::{Failure, Token};
+use oauth_token_operator::endpoint::TokenEndpoint;
+use oauth_token_operator::input_secrets::ClientCredentials;
+use oauth_token_operator::resource::{ClientAuthentication, FailureCategory, Provider};
+use oauth_token_operator::token_client::{TokenClient, TokenClientConfig};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::token_server::{CLIENT_ID, CLIENT_SECRET, Scripted, TokenServer};
@@ -101,8 +101,8 @@ async fn a_wrong_client_secret_is_a_configuration_failure() {
         .await
         .unwrap_err();
     assert_eq!(
-        (wrong.class, wrong.reason),
-        (FailureClass::Configuration, "InvalidClient")
+        (wrong.category, wrong.reason),
+        (FailureCategory::Configuration, "InvalidClient")
     );
     assert!(refresh_with(&server, &grant).await.is_ok());
 }
@@ -129,13 +129,13 @@ async fn invalid_grant_in_every_form_needs_reauth() {
         r#"{"error":"invalid_grant","error_description":"reauth related error (invalid_rapt)","error_subtype":"invalid_rapt"}"#,
     ] {
         let failure = play(Scripted::json(400, body)).await.unwrap_err();
-        assert_eq!(failure.class, FailureClass::NeedsReauth, "{body}");
+        assert_eq!(failure.category, FailureCategory::ReauthRequired, "{body}");
         assert_eq!(failure.http_status, Some(400));
     }
     // And from the real grant check, not a script:
     let server = TokenServer::start(Duration::from_secs(60)).await;
     let failure = refresh_with(&server, "never-issued").await.unwrap_err();
-    assert_eq!(failure.class, FailureClass::NeedsReauth);
+    assert_eq!(failure.category, FailureCategory::ReauthRequired);
     assert_eq!(
         failure.provider.description.as_deref(),
         Some("Token has been expired or revoked.")
@@ -157,8 +157,8 @@ async fn client_and_request_errors_are_configuration_failures() {
             .await
             .unwrap_err();
         assert_eq!(
-            (failure.class, failure.reason),
-            (FailureClass::Configuration, reason),
+            (failure.category, failure.reason),
+            (FailureCategory::Configuration, reason),
             "{error}"
         );
         assert_eq!(failure.provider.error.as_deref(), Some(error));
@@ -171,13 +171,13 @@ async fn rate_limits_and_server_errors_are_transient_and_retry_after_is_read() {
         .await
         .unwrap_err();
     assert_eq!(
-        (failure.class, failure.reason),
-        (FailureClass::Transient, "RateLimited")
+        (failure.category, failure.reason),
+        (FailureCategory::Transient, "RateLimited")
     );
     assert_eq!(failure.retry_after, Some(Duration::from_secs(17)));
     for status in [408, 500, 502, 503, 504] {
         let failure = play(Scripted::json(status, "{}")).await.unwrap_err();
-        assert_eq!(failure.class, FailureClass::Transient, "{status}");
+        assert_eq!(failure.category, FailureCategory::Transient, "{status}");
     }
     let failure = play(Scripted::html(
         403,
@@ -186,8 +186,8 @@ async fn rate_limits_and_server_errors_are_transient_and_retry_after_is_read() {
     .await
     .unwrap_err();
     assert_eq!(
-        (failure.class, failure.reason),
-        (FailureClass::Transient, "RateLimited")
+        (failure.category, failure.reason),
+        (FailureCategory::Transient, "RateLimited")
     );
 }
 
@@ -197,8 +197,8 @@ async fn a_non_json_error_page_is_transient_and_its_body_is_not_repeated() {
         "<html><body><h1>502 Bad Gateway</h1><p>upstream secret-looking-text</p></body></html>";
     let failure = play(Scripted::html(502, page)).await.unwrap_err();
     assert_eq!(
-        (failure.class, failure.reason),
-        (FailureClass::Transient, "ProviderUnavailable")
+        (failure.category, failure.reason),
+        (FailureCategory::Transient, "ProviderUnavailable")
     );
     assert!(
         !failure.message().contains("secret-looking-text"),
@@ -217,8 +217,8 @@ async fn a_slow_answer_times_out_as_a_transient_failure() {
     .await
     .unwrap_err();
     assert_eq!(
-        (failure.class, failure.reason),
-        (FailureClass::Transient, "Timeout")
+        (failure.category, failure.reason),
+        (FailureCategory::Transient, "Timeout")
     );
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -234,8 +234,8 @@ async fn an_oversized_answer_is_refused_unread() {
     );
     let failure = play(Scripted::json(200, &huge)).await.unwrap_err();
     assert_eq!(
-        (failure.class, failure.reason),
-        (FailureClass::Transient, "ResponseTooLarge")
+        (failure.category, failure.reason),
+        (FailureCategory::Transient, "ResponseTooLarge")
     );
 }
 
@@ -245,8 +245,8 @@ async fn a_malformed_success_is_transient() {
         .await
         .unwrap_err();
     assert_eq!(
-        (failure.class, failure.reason),
-        (FailureClass::Transient, "MalformedResponse")
+        (failure.category, failure.reason),
+        (FailureCategory::Transient, "MalformedResponse")
     );
 }
 
@@ -257,7 +257,7 @@ async fn a_redirect_is_not_followed() {
     let grant = server.new_grant();
     server.script([Scripted::json(307, "").redirect_to(&server.url())]);
     let failure = refresh_with(&server, &grant).await.unwrap_err();
-    assert_eq!(failure.class, FailureClass::Transient);
+    assert_eq!(failure.category, FailureCategory::Transient);
     assert_eq!(failure.http_status, Some(307));
     assert_eq!(server.call_count(), 1, "the redirect was not followed");
 }
@@ -277,7 +277,7 @@ async fn a_refused_connection_is_transient() {
         .await
         .unwrap_err();
     assert_eq!(
-        (failure.class, failure.reason),
-        (FailureClass::Transient, "ConnectionFailed")
+        (failure.category, failure.reason),
+        (FailureCategory::Transient, "ConnectionFailed")
     );
 }

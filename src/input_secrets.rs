@@ -1,0 +1,327 @@
+//! The layout of the two Secrets a credential reads, and what sealing should
+//! do with what is stored. Pure: the shell reads and writes the Secrets.
+//!
+//! - The client Secret holds the OAuth client's id and secret under keys the
+//!   credential names (`client_id` and `client_secret` by default).
+//! - The refresh-token Secret holds the refresh token under `key` in plain
+//!   text right after a person (or `authorize`) stored it, and under
+//!   `<key>.sealed` once the operator has sealed it.
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use secrecy::{ExposeSecret, SecretString};
+use thiserror::Error;
+
+use crate::resource::ClientSecretRef;
+use crate::seal::{self, KeyRing, OpenError};
+
+/// Where a credential's refresh token is stored, sealed: `<key>.sealed`.
+pub fn sealed_key(key: &str) -> String {
+    format!("{key}.sealed")
+}
+
+/// A value of the Secret, trimmed; `None` when absent, empty or not UTF-8.
+pub fn secret_value(secret: Option<&Secret>, key: &str) -> Option<SecretString> {
+    let bytes = secret?.data.as_ref()?.get(key)?;
+    let text = std::str::from_utf8(&bytes.0).ok()?.trim();
+    (!text.is_empty()).then(|| SecretString::from(text.to_string()))
+}
+
+/// The `resourceVersion` of a Secret; empty when it does not exist.
+pub fn version_of(secret: Option<&Secret>) -> String {
+    secret
+        .and_then(|s| s.metadata.resource_version.clone())
+        .unwrap_or_default()
+}
+
+/// The OAuth client, read from the client Secret. (Its `Debug` shows no
+/// secret.)
+#[derive(Debug)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// Why the client Secret gives no client. Names keys, never values.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ClientSecretError {
+    #[error("client Secret {name} does not exist")]
+    Missing { name: String },
+    #[error("client Secret {name} has no non-empty key {key:?}")]
+    NoValue { name: String, key: String },
+}
+
+/// The OAuth client from its Secret, or why it cannot be read.
+pub fn client_credentials(
+    secret: Option<&Secret>,
+    reference: &ClientSecretRef,
+) -> Result<ClientCredentials, ClientSecretError> {
+    let Some(secret) = secret else {
+        return Err(ClientSecretError::Missing {
+            name: reference.name.clone(),
+        });
+    };
+    let value = |key: &String| {
+        secret_value(Some(secret), key).ok_or_else(|| ClientSecretError::NoValue {
+            name: reference.name.clone(),
+            key: key.clone(),
+        })
+    };
+    let client_id = value(&reference.client_id_key)?;
+    let client_secret = value(&reference.client_secret_key)?;
+    Ok(ClientCredentials {
+        client_id: client_id.expose_secret().to_string(),
+        client_secret,
+    })
+}
+
+/// The refresh token as stored in its Secret.
+pub enum Stored {
+    Missing,
+    /// In plain text under the configured key: new, not yet sealed.
+    Plain(SecretString),
+    Sealed {
+        token: SecretString,
+        key_id: String,
+    },
+    Unreadable(OpenError),
+}
+
+/// Reads the refresh token of the credential `namespace/credential` from its
+/// Secret. A plaintext value is a token a person just supplied: it wins over
+/// a sealed one.
+pub fn stored_refresh_token(
+    secret: Option<&Secret>,
+    key: &str,
+    keys: &KeyRing,
+    namespace: &str,
+    credential: &str,
+) -> Stored {
+    if let Some(token) = secret_value(secret, key) {
+        return Stored::Plain(token);
+    }
+    let Some(sealed) = secret_value(secret, &sealed_key(key)) else {
+        return Stored::Missing;
+    };
+    let sealed = sealed.expose_secret();
+    let key_id = seal::key_id_of(sealed).unwrap_or_default().to_string();
+    match keys.open(sealed, namespace, credential) {
+        Ok(token) => Stored::Sealed { token, key_id },
+        Err(error) => Stored::Unreadable(error),
+    }
+}
+
+/// What to do with a stored refresh token so that it stays sealed under the
+/// primary key.
+pub enum SealAction {
+    /// Nothing to write; remember that this version was inspected.
+    Remember,
+    /// Already sealed under the primary key, but status names another key
+    /// (or none): record the key id in status, write no Secret.
+    RecordKey(String),
+    /// Write the token sealed under the primary key: a plaintext token
+    /// (`resealing: false`) or one sealed under an older key.
+    Seal {
+        token: SecretString,
+        resealing: bool,
+    },
+}
+
+/// Decides what keeps `stored` sealed under `primary`. `recorded` is the key
+/// id status names for the stored token (`None` inside `Some` when status
+/// knows the Secret but no key); `None` when status knows nothing of it yet.
+pub fn seal_action(stored: Stored, recorded: Option<Option<&str>>, primary: &str) -> SealAction {
+    match stored {
+        Stored::Plain(token) => SealAction::Seal {
+            token,
+            resealing: false,
+        },
+        Stored::Sealed { token, key_id } if key_id != primary => SealAction::Seal {
+            token,
+            resealing: true,
+        },
+        Stored::Sealed { key_id, .. } => match recorded {
+            Some(recorded) if recorded != Some(key_id.as_str()) => SealAction::RecordKey(key_id),
+            _ => SealAction::Remember,
+        },
+        // Reported when a refresh is attempted.
+        Stored::Missing | Stored::Unreadable(_) => SealAction::Remember,
+    }
+}
+
+/// The Secret with the token sealed under `<key>.sealed` and no plaintext
+/// `key`; every other key kept.
+pub fn with_sealed_token(mut secret: Secret, key: &str, sealed: &str) -> Secret {
+    secret.string_data = None;
+    let data = secret.data.get_or_insert_with(Default::default);
+    data.remove(key);
+    data.insert(sealed_key(key), ByteString(sealed.as_bytes().to_vec()));
+    secret
+}
+
+/// The Secret `name` with a new token in plain text under `key` (the
+/// operator seals it on sight) and the sealed value of an earlier token
+/// removed; every other key kept. Created when `secret` is `None`.
+pub fn with_new_token(
+    secret: Option<Secret>,
+    name: &str,
+    key: &str,
+    token: &SecretString,
+) -> Secret {
+    let mut secret = secret.unwrap_or_else(|| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    });
+    secret.string_data = None;
+    let data = secret.data.get_or_insert_with(Default::default);
+    data.remove(&sealed_key(key));
+    data.insert(
+        key.to_string(),
+        ByteString(token.expose_secret().as_bytes().to_vec()),
+    );
+    secret
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use base64::Engine;
+
+    use super::*;
+
+    fn secret(data: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn ring(primary: &str) -> KeyRing {
+        let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        KeyRing::from_yaml(&format!(
+            "primary: {primary}\nkeys:\n  k1: {key}\n  k2: {key}\n"
+        ))
+        .unwrap()
+    }
+
+    fn reference() -> ClientSecretRef {
+        ClientSecretRef {
+            name: "client".into(),
+            client_id_key: "client_id".into(),
+            client_secret_key: "client_secret".into(),
+        }
+    }
+
+    #[test]
+    fn the_client_is_read_from_its_keys_and_a_missing_value_is_named() {
+        let ok = secret(&[("client_id", b"id "), ("client_secret", b"s")]);
+        let client = client_credentials(Some(&ok), &reference()).unwrap();
+        assert_eq!(client.client_id, "id");
+        assert_eq!(
+            client_credentials(None, &reference())
+                .unwrap_err()
+                .to_string(),
+            "client Secret client does not exist"
+        );
+        let empty = secret(&[("client_id", b"id"), ("client_secret", b"  ")]);
+        assert_eq!(
+            client_credentials(Some(&empty), &reference())
+                .unwrap_err()
+                .to_string(),
+            "client Secret client has no non-empty key \"client_secret\""
+        );
+    }
+
+    #[test]
+    fn a_plaintext_token_wins_over_a_sealed_one() {
+        let keys = ring("k1");
+        let sealed = keys.seal(&SecretString::from("old"), "ns", "c");
+        let both = secret(&[
+            ("refresh_token", b"new"),
+            ("refresh_token.sealed", sealed.as_bytes()),
+        ]);
+        assert!(matches!(
+            stored_refresh_token(Some(&both), "refresh_token", &keys, "ns", "c"),
+            Stored::Plain(t) if t.expose_secret() == "new"
+        ));
+        let only_sealed = secret(&[("refresh_token.sealed", sealed.as_bytes())]);
+        assert!(matches!(
+            stored_refresh_token(Some(&only_sealed), "refresh_token", &keys, "ns", "c"),
+            Stored::Sealed { token, key_id } if token.expose_secret() == "old" && key_id == "k1"
+        ));
+        assert!(matches!(
+            stored_refresh_token(Some(&only_sealed), "refresh_token", &keys, "ns", "other"),
+            Stored::Unreadable(_)
+        ));
+        assert!(matches!(
+            stored_refresh_token(None, "refresh_token", &keys, "ns", "c"),
+            Stored::Missing
+        ));
+    }
+
+    fn sealed(key_id: &str) -> Stored {
+        Stored::Sealed {
+            token: SecretString::from("t"),
+            key_id: key_id.into(),
+        }
+    }
+
+    #[test]
+    fn the_seal_action_for_each_stored_form() {
+        let action = |stored, recorded| match seal_action(stored, recorded, "k2") {
+            SealAction::Remember => "remember".to_string(),
+            SealAction::RecordKey(id) => format!("record {id}"),
+            SealAction::Seal { resealing, .. } => format!("seal resealing={resealing}"),
+        };
+        let cases = [
+            (
+                Stored::Plain(SecretString::from("t")),
+                Some(Some("k2")),
+                "seal resealing=false",
+            ),
+            (sealed("k1"), Some(Some("k1")), "seal resealing=true"),
+            (sealed("k1"), None, "seal resealing=true"),
+            (sealed("k2"), Some(Some("k2")), "remember"),
+            (sealed("k2"), None, "remember"),
+            (sealed("k2"), Some(Some("k1")), "record k2"),
+            (sealed("k2"), Some(None), "record k2"),
+            (Stored::Missing, Some(Some("k2")), "remember"),
+            (Stored::Unreadable(OpenError::Malformed), None, "remember"),
+        ];
+        for (stored, recorded, expected) in cases {
+            assert_eq!(action(stored, recorded), expected, "{recorded:?}");
+        }
+    }
+
+    #[test]
+    fn sealing_replaces_the_plaintext_and_a_new_token_replaces_the_sealed_value() {
+        let plain = secret(&[("refresh_token", b"r"), ("other", b"kept")]);
+        let sealed = with_sealed_token(plain, "refresh_token", "oto-sealed:v1:k1:x");
+        let keys: Vec<&str> = sealed
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["other", "refresh_token.sealed"]);
+        let renewed = with_new_token(Some(sealed), "s", "refresh_token", &SecretString::from("n"));
+        let data = renewed.data.as_ref().unwrap();
+        assert_eq!(data["refresh_token"].0, b"n");
+        assert!(!data.contains_key("refresh_token.sealed"));
+        assert_eq!(data["other"].0, b"kept");
+        let created = with_new_token(None, "s", "refresh_token", &SecretString::from("n"));
+        assert_eq!(created.metadata.name.as_deref(), Some("s"));
+        assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    }
+}

@@ -1,0 +1,211 @@
+//! The reconcile loop: the I/O shell around the pure core. One reconcile of
+//! one credential runs these stages, each in its own file:
+//!
+//! 1. **gather** (`gather`): the credential as of our last write, the output
+//!    Secret's owner, and, only when a refresh is planned, the input Secrets;
+//!    the stored refresh token is kept sealed first (`sealing`);
+//! 2. **validate** (`crate::validate`, pure): client, refresh token, endpoint;
+//! 3. **decide** (`crate::decision`, pure): whether to call the token endpoint;
+//! 4. **act** (`refresh`): rate-limit gate, fence, token call, rotated token
+//!    stored first, then the output Secret;
+//! 5. **record** (`write`): status, events, and when to come back.
+//!
+//! `watches` sets up the caches and watches that feed it. Writes: an idle
+//! reconcile writes nothing; a refresh writes the output Secret and the
+//! status, plus the refresh-token Secret (first) when the provider rotated it.
+
+mod gather;
+mod memory;
+mod refresh;
+mod sealing;
+mod watches;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::DefaultKeyedRateLimiter;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use thiserror::Error;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::backlog::Backlog;
+use crate::clock::SharedClock;
+use crate::decision::{self, Plan, View};
+use crate::keys::Keys;
+use crate::leader::Fence;
+use crate::metrics::Metrics;
+use crate::references::SecretReferences;
+use crate::resource::{FORCE_REFRESH_ANNOTATION, OAuthCredential};
+use crate::schedule;
+use crate::token_client::TokenClient;
+
+pub use watches::{ControllerConfig, Stopped, run};
+
+/// Field manager of every write, and the event reporter.
+pub const FIELD_MANAGER: &str = "oauth-token-operator";
+
+/// Everything a reconcile needs. Built once, shared.
+pub struct Context {
+    client: Client,
+    tokens: TokenClient,
+    recorder: Recorder,
+    credentials: Store<OAuthCredential>,
+    owned_secrets: Store<PartialObjectMeta<Secret>>,
+    references: SecretReferences,
+    keys: Keys,
+    fence: Fence,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    allow_insecure_loopback_http: bool,
+    /// What this process remembers per credential between reconciles.
+    memory: memory::Memory,
+    /// Token-endpoint calls per second per host (the rate limit).
+    rate_limit: DefaultKeyedRateLimiter<String>,
+    /// Credentials waiting for a rate limit, by token expiry.
+    backlog: Mutex<Backlog>,
+    endpoint_rate: f64,
+    /// Reconciles that may wait for a rate limit at once; the rest of the
+    /// backlog steps aside.
+    waiting_slots: usize,
+}
+
+/// A reconcile that could not finish; retried by `error_policy`. Carries no
+/// secret: Kubernetes API errors name objects, never Secret data.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the rotated refresh token could not be stored after {0} conflicting writes")]
+    RotationNotStored(u32),
+    #[error("the refresh-token Secret was deleted while a refresh token was being stored in it")]
+    RefreshTokenSecretGone,
+}
+
+impl Error {
+    /// A fixed, small set, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } | Error::RefreshTokenSecretGone => "kubernetes-api",
+            Error::RotationNotStored(_) => "rotation-conflict",
+        }
+    }
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// One reconcile of one credential, in one span that names it.
+pub async fn reconcile(
+    credential: Arc<OAuthCredential>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        namespace = credential.namespace().unwrap_or_default(),
+        credential = credential.name_any()
+    );
+    stages(credential, &ctx).instrument(span).await
+}
+
+/// The stages, in order.
+async fn stages(credential: Arc<OAuthCredential>, ctx: &Context) -> Result<Action, Error> {
+    // Gather: our own latest status, a sealed refresh token, the output's owner.
+    let credential = ctx.current(credential);
+    let credential = ctx.keep_sealed(credential).await?;
+    let output = ctx.output_secret(&credential).await?;
+    // Decide.
+    let now = ctx.now();
+    let plan = decision::decide(
+        &View {
+            generation: credential.metadata.generation.unwrap_or(0),
+            status: credential.status.as_ref(),
+            force_refresh: force_annotation(&credential),
+            output,
+        },
+        now,
+    );
+    debug!(?plan, "decided");
+    // Act and record.
+    let action = match plan {
+        Plan::Conflict => ctx.report_conflict(&credential, now).await,
+        Plan::WaitUntil(at) => ctx.settle(&credential, now, Some(at)).await,
+        Plan::RefreshIfInputsChanged { since, retry_at } => {
+            if ctx.input_versions(&credential).await? == since {
+                ctx.settle(&credential, now, retry_at).await
+            } else {
+                ctx.refresh(&credential, output, decision::RefreshReason::InputsChanged)
+                    .await
+            }
+        }
+        Plan::Refresh(reason) => match ctx.step_aside(&credential) {
+            Some(delay) => Ok(Action::requeue(delay)),
+            None => ctx.refresh(&credential, output, reason).await,
+        },
+    }?;
+    ctx.memory.mark_scheduled(&credential, &ctx.metrics);
+    Ok(action)
+}
+
+/// The force-refresh annotation's value, if any.
+fn force_annotation(credential: &OAuthCredential) -> Option<&str> {
+    credential
+        .annotations()
+        .get(FORCE_REFRESH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Retries a reconcile that failed on the Kubernetes API after 5-10 s.
+pub fn error_policy(credential: Arc<OAuthCredential>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(error.category());
+    warn!(
+        namespace = credential.namespace().unwrap_or_default(),
+        name = credential.name_any(),
+        category = error.category(),
+        %error,
+        "reconcile failed; retrying"
+    );
+    let jitter = schedule::unit_interval(&format!(
+        "{}{}",
+        credential.name_any(),
+        ctx.clock.now().as_millisecond()
+    ));
+    Action::requeue(Duration::from_millis(5_000 + (jitter * 5_000.0) as u64))
+}
+
+impl Context {
+    /// The current time in whole seconds: status stores whole seconds, and a
+    /// status rebuilt from the same facts must compare equal to the stored one.
+    fn now(&self) -> Timestamp {
+        schedule::whole_seconds(self.clock.now())
+    }
+
+    /// Requeue at `at`, or wait for a change when nothing is scheduled. The
+    /// wait is measured from the precise clock, not the whole second that
+    /// decisions use: from a truncated `now` the wake-up would come late by
+    /// the fraction of a second truncated away (measured: up to 1 s).
+    fn requeue_at(&self, at: Option<Timestamp>) -> Action {
+        match at {
+            Some(at) => {
+                let wait = Duration::try_from(at.duration_since(self.clock.now()))
+                    .unwrap_or(Duration::ZERO);
+                Action::requeue(wait)
+            }
+            None => Action::await_change(),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The watches and caches that feed the reconcile loop, sized for tens of
+//! thousands of credentials: the credentials themselves (managedFields
+//! stripped), the metadata of the output Secrets this operator labels, and a
+//! metadata-only, uncached watch of other Secrets that `references` maps to
+//! the credentials naming them. No Secret data is cached.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use governor::{Quota, RateLimiter};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::debug;
+
+use super::{Context, FIELD_MANAGER, error_policy, memory::Memory, reconcile};
+use crate::admin::Health;
+use crate::backlog::Backlog;
+use crate::clock::SharedClock;
+use crate::keys::Keys;
+use crate::leader::Fence;
+use crate::metrics::Metrics;
+use crate::output_secret::{self, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::references::SecretReferences;
+use crate::resource::OAuthCredential;
+use crate::token_client::{TokenClient, TokenClientConfig};
+
+/// How the controller runs.
+#[derive(Clone)]
+pub struct ControllerConfig {
+    /// Reconciles (and so token-endpoint calls) in flight at once.
+    pub concurrency: u16,
+    /// Watch one namespace only; all namespaces when `None`.
+    pub watch_namespace: Option<String>,
+    pub token_client: TokenClientConfig,
+    /// Name of this instance in events (pod name in a cluster).
+    pub instance: Option<String>,
+    /// Whether this replica may call token endpoints right now.
+    pub fence: Fence,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Token-endpoint calls per second allowed per endpoint host, and burst.
+    pub endpoint_rate: NonZeroU32,
+    pub endpoint_burst: NonZeroU32,
+    pub clock: SharedClock,
+}
+
+impl Context {
+    /// The context of a controller over these caches.
+    pub(super) fn new(
+        client: Client,
+        config: &ControllerConfig,
+        keys: Keys,
+        credentials: Store<OAuthCredential>,
+        owned_secrets: Store<PartialObjectMeta<Secret>>,
+        references: SecretReferences,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: config.instance.clone(),
+        };
+        Context {
+            tokens: TokenClient::new(&config.token_client).expect("the token HTTP client builds"),
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            credentials,
+            owned_secrets,
+            references,
+            keys,
+            fence: config.fence.clone(),
+            metrics: config.metrics.clone(),
+            clock: config.clock.clone(),
+            allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
+            memory: Memory::default(),
+            rate_limit: RateLimiter::keyed(
+                Quota::per_second(config.endpoint_rate).allow_burst(config.endpoint_burst),
+            ),
+            backlog: Mutex::new(Backlog::default()),
+            endpoint_rate: f64::from(config.endpoint_rate.get()),
+            waiting_slots: usize::from(config.concurrency / 2).max(1),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` completes (`Ok`), or until a task it
+/// depends on ends.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    keys: Keys,
+    keys_changed: tokio::sync::watch::Receiver<u64>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Stopped> {
+    let references = SecretReferences::default();
+    let (credentials, credentials_writer) = reflector::store();
+    let (owned_secrets, owned_writer) = reflector::store();
+    let (credentials_api, secrets_api) = apis(&client, config.watch_namespace.as_deref());
+    let credential_stream = credential_watch(
+        credentials_api,
+        credentials_writer,
+        &references,
+        &config.health,
+    );
+    let owned_stream = owned_watch(secrets_api.clone(), owned_writer, &config.health);
+    let referenced_stream =
+        referenced_secrets(secrets_api, references.clone(), config.health.clone());
+    // A new key ring re-reconciles everything, so old keys go out of use.
+    let rekeyed = futures::stream::unfold(keys_changed, |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    });
+    let ctx = Arc::new(Context::new(
+        client,
+        &config,
+        keys,
+        credentials.clone(),
+        owned_secrets,
+        references.clone(),
+    ));
+    let controller = Controller::for_stream(credential_stream, credentials.clone())
+        .owns_stream(owned_stream)
+        .watches_stream(
+            referenced_stream,
+            move |secret: PartialObjectMeta<Secret>| credentials_naming(&references, &secret),
+        )
+        .reconcile_all_on(rekeyed)
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "controller event");
+            }
+        });
+    // The gauges follow the cache on a task of their own (so that a pass
+    // over a large cache never holds up reconciles); if that task ends, so
+    // does the controller, and the supervisor above says why.
+    let mut gauges = tokio::spawn(follow_cache(credentials, ctx));
+    let ended = tokio::select! {
+        () = controller => Ok(()),
+        joined = &mut gauges => Err(Stopped::CacheFollower(match joined {
+            Ok(()) => "it returned".to_string(),
+            Err(error) => error.to_string(),
+        })),
+    };
+    gauges.abort();
+    config.health.set_ready(false);
+    ended
+}
+
+/// The credential and Secret APIs, in one namespace or all. Secrets are
+/// read as `PartialObjectMeta`: no Secret data crosses the wire for these
+/// watches.
+fn apis(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (Api<OAuthCredential>, Api<PartialObjectMeta<Secret>>) {
+    match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    }
+}
+
+/// The credentials, cached, feeding the reference index; ready once the
+/// first full list is in the cache.
+fn credential_watch(
+    api: Api<OAuthCredential>,
+    writer: reflector::store::Writer<OAuthCredential>,
+    references: &SecretReferences,
+    health: &Arc<Health>,
+) -> impl Stream<Item = Result<OAuthCredential, watcher::Error>> + use<> {
+    let (index, synced, health) = (references.clone(), health.clone(), health.clone());
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .inspect(move |event| health.observe_watch("credentials", event.is_ok()))
+        .modify(strip_cached_fields)
+        .inspect_ok(move |event| {
+            index.observe(event);
+            if matches!(event, watcher::Event::InitDone) {
+                synced.set_ready(true);
+            }
+        })
+        .reflect(writer)
+        .applied_objects()
+}
+
+/// The metadata of the output Secrets this operator labels, cached.
+fn owned_watch(
+    api: Api<PartialObjectMeta<Secret>>,
+    writer: reflector::store::Writer<PartialObjectMeta<Secret>>,
+    health: &Arc<Health>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + use<> {
+    let health = health.clone();
+    let config = watcher::Config::default()
+        .labels(&output_secret::owned_selector())
+        .any_semantic();
+    watcher(api, config)
+        .default_backoff()
+        .inspect(move |event| health.observe_watch("output Secrets", event.is_ok()))
+        .modify(strip_cached_fields)
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// The credentials a change of this Secret concerns: those naming it as an
+/// input (our own output Secrets come through `owns`).
+fn credentials_naming(
+    references: &SecretReferences,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<OAuthCredential>> {
+    let ours = secret
+        .labels()
+        .get(MANAGED_BY_LABEL)
+        .is_some_and(|v| v == MANAGED_BY);
+    match (ours, secret.namespace()) {
+        (false, Some(ns)) => references.credentials_for(&ns, &secret.name_any()),
+        _ => Vec::new(),
+    }
+}
+
+/// Why the controller stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("the task that follows the credential cache ended: {0}")]
+    CacheFollower(String),
+}
+
+/// Every other Secret's metadata streams through without being stored; only
+/// the versions of referenced ones are remembered.
+fn referenced_secrets(
+    secrets_api: Api<PartialObjectMeta<Secret>>,
+    references: SecretReferences,
+    health: Arc<Health>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> {
+    watcher(secrets_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .inspect(move |event| health.observe_watch("Secrets", event.is_ok()))
+        .inspect_ok(move |event| references.observe_secret(event))
+        .touched_objects()
+}
+
+/// Keeps the gauges, the scheduled set and the backlog in step with the
+/// credential cache, every 5 s. (Never await the store's readiness here:
+/// kube-runtime wakes only its most recent waiter, and the controller itself
+/// waits on it.)
+async fn follow_cache(store: Store<OAuthCredential>, ctx: Arc<Context>) {
+    loop {
+        let state = store.state();
+        ctx.metrics.observe(state.iter().map(|c| c.as_ref()));
+        ctx.memory.forget_deleted(&state, &ctx.metrics);
+        ctx.backlog.lock().expect("lock").prune(ctx.clock.instant());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Cached copies keep only what reconciles read.
+fn strip_cached_fields<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}

@@ -1,0 +1,276 @@
+//! Record: the status an outcome calls for (built by the pure `status`
+//! module), written only when it differs from the stored one; the events
+//! its transitions call for; and when to come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::refresh::{Outcome, Refreshed};
+use super::{Context, Error, FIELD_MANAGER, kube_err};
+use crate::decision::RefreshReason;
+use crate::resource::{OAuthCredential, OAuthCredentialStatus};
+use crate::schedule;
+use crate::status::{self, Attempt, Failed, Problem, Success};
+
+impl Context {
+    /// Records what came of a refresh that got past validation.
+    pub(super) async fn record(
+        &self,
+        credential: &OAuthCredential,
+        mut attempt: Attempt<'_>,
+        outcome: Outcome,
+        refresh_before: Option<Duration>,
+        why: RefreshReason,
+    ) -> Result<Action, Error> {
+        match outcome {
+            Outcome::SteppedAside(delay) => Ok(Action::requeue(delay)),
+            Outcome::NotLeader => Ok(Action::requeue(Duration::from_secs(1))),
+            Outcome::Conflict => self.report_conflict(credential, attempt.now).await,
+            Outcome::Rejected {
+                failure,
+                answered_at,
+                latency,
+            } => {
+                let problem = Problem::from(&failure);
+                info!(
+                    outcome = failure.reason,
+                    category = ?problem.category,
+                    http_status = failure.http_status,
+                    latency_ms = latency.as_millis() as u64,
+                    trigger = why.as_str(),
+                    "refresh failed"
+                );
+                attempt.now = schedule::whole_seconds(answered_at);
+                let retry = Some((answered_at, failure.retry_after));
+                self.record_failure(credential, attempt, problem, retry, why)
+                    .await
+            }
+            Outcome::Refreshed(refreshed) => {
+                self.record_success(credential, attempt, refreshed, refresh_before, why)
+                    .await
+            }
+        }
+    }
+
+    async fn record_success(
+        &self,
+        credential: &OAuthCredential,
+        attempt: Attempt<'_>,
+        refreshed: Refreshed,
+        refresh_before: Option<Duration>,
+        why: RefreshReason,
+    ) -> Result<Action, Error> {
+        let expires_at = refreshed.expires_at;
+        let refresh_at = schedule::refresh_time(
+            refreshed.sent_at,
+            expires_at,
+            refresh_before,
+            &format!("{}/{expires_at}", jitter_seed(credential)),
+        );
+        let now = schedule::whole_seconds(refreshed.answered_at);
+        let desired = status::after_success(
+            credential.status.as_ref(),
+            Success {
+                now,
+                generation: attempt.generation,
+                expires_at,
+                refresh_at,
+                scope: refreshed.token.scope.as_deref(),
+                output_secret: &credential.spec.output.secret_name,
+                forced: attempt.forced,
+                refresh_token: refreshed.refresh_token,
+            },
+        );
+        info!(
+            outcome = "success",
+            trigger = why.as_str(),
+            rotated = refreshed.token.refresh_token.is_some(),
+            expires_at = %expires_at,
+            refresh_at = %refresh_at,
+            latency_ms = refreshed.latency.as_millis() as u64,
+            "refreshed"
+        );
+        let next_change = status::next_status_change(&desired, now);
+        self.write_status(credential, desired).await?;
+        Ok(self.requeue_at([Some(refresh_at), next_change].into_iter().flatten().min()))
+    }
+
+    /// Records a failure (or an attempt that could not be made). `retry`
+    /// is when the answer came and the provider's `Retry-After`; without it
+    /// the backoff counts from the attempt's time.
+    pub(super) async fn record_failure(
+        &self,
+        credential: &OAuthCredential,
+        attempt: Attempt<'_>,
+        problem: Problem,
+        retry: Option<(Timestamp, Option<Duration>)>,
+        why: RefreshReason,
+    ) -> Result<Action, Error> {
+        let now = attempt.now;
+        let (from, retry_after) = retry.unwrap_or((now, None));
+        let attempts = status::failed_attempts_after_failure(
+            credential.status.as_ref(),
+            attempt.forced.is_some(),
+        );
+        // From the precise time of the answer: retry_time rounds up, so a
+        // Retry-After is never cut short by the truncation.
+        let retry_at = schedule::retry_time(
+            from,
+            problem.category,
+            attempts,
+            retry_after,
+            &jitter_seed(credential),
+        );
+        if problem.http_status.is_none() {
+            info!(
+                outcome = problem.reason,
+                trigger = why.as_str(),
+                "refresh not attempted"
+            );
+        }
+        let failed = Failed {
+            attempt,
+            problem,
+            retry_at,
+        };
+        let desired = status::after_failure(credential.status.as_ref(), failed);
+        let next_change = status::next_status_change(&desired, now);
+        self.write_status(credential, desired).await?;
+        Ok(self.requeue_at([retry_at, next_change].into_iter().flatten().min()))
+    }
+
+    /// The output name belongs to someone else: say so and wait. The Secret
+    /// watch reconciles again when that Secret goes.
+    pub(super) async fn report_conflict(
+        &self,
+        credential: &OAuthCredential,
+        now: Timestamp,
+    ) -> Result<Action, Error> {
+        let desired = status::after_conflict(
+            credential.status.as_ref(),
+            now,
+            credential.metadata.generation.unwrap_or(0),
+            &credential.spec.output.secret_name,
+        );
+        self.write_status(credential, desired).await?;
+        Ok(Action::await_change())
+    }
+
+    /// Nothing to call: bring the status up to date with the clock (a token
+    /// may have expired) and sleep until the next thing that can happen.
+    pub(super) async fn settle(
+        &self,
+        credential: &OAuthCredential,
+        now: Timestamp,
+        wake: Option<Timestamp>,
+    ) -> Result<Action, Error> {
+        let generation = credential.metadata.generation.unwrap_or(0);
+        let desired = credential
+            .status
+            .as_ref()
+            .map(|s| status::at_time(s, now, generation));
+        let next_change = desired
+            .as_ref()
+            .and_then(|s| status::next_status_change(s, now));
+        if let Some(desired) = desired {
+            self.write_status(credential, desired).await?;
+        }
+        Ok(self.requeue_at([wake, next_change].into_iter().flatten().min()))
+    }
+
+    /// Writes `status` (if changed) and returns the credential as it now is.
+    pub(super) async fn with_status(
+        &self,
+        credential: Arc<OAuthCredential>,
+        status: OAuthCredentialStatus,
+    ) -> Result<Arc<OAuthCredential>, Error> {
+        self.write_status(&credential, status).await?;
+        let mut updated = (*credential).clone();
+        if let Some(written) = self.memory.last_written(&credential) {
+            updated.status = Some(written);
+        }
+        Ok(Arc::new(updated))
+    }
+
+    /// Writes the status if it differs from the stored one, then emits the
+    /// events its transitions call for.
+    pub(super) async fn write_status(
+        &self,
+        credential: &OAuthCredential,
+        desired: OAuthCredentialStatus,
+    ) -> Result<(), Error> {
+        let old = credential.status.as_ref();
+        // Compare in stored form, as the API server will return it.
+        let desired = stored_form(desired);
+        if old == Some(&desired) {
+            return Ok(());
+        }
+        let api: Api<OAuthCredential> = Api::namespaced(
+            self.client.clone(),
+            &credential.namespace().unwrap_or_default(),
+        );
+        let patch = json!({
+            "apiVersion": OAuthCredential::api_version(&()),
+            "kind": OAuthCredential::kind(&()),
+            "status": desired,
+        });
+        api.patch_status(
+            &credential.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_err("write status"))?;
+        let notices = status::notices(old, &desired);
+        self.memory.wrote(credential, desired, self.clock.instant());
+        self.publish(credential, notices).await;
+        Ok(())
+    }
+
+    async fn publish(&self, credential: &OAuthCredential, notices: Vec<status::Notice>) {
+        // Without the resourceVersion, a repeat of the same event is
+        // recognised and aggregated (a series) instead of created anew.
+        let mut reference = credential.object_ref(&());
+        reference.resource_version = None;
+        for notice in notices {
+            let event = Event {
+                type_: if notice.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: notice.reason.into(),
+                note: Some(notice.message),
+                action: notice.action.into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &reference).await {
+                warn!(%error, "could not publish event");
+            }
+        }
+    }
+}
+
+/// Seeds the jitter of a credential's schedule and backoff: stable for one
+/// spec of one credential.
+fn jitter_seed(credential: &OAuthCredential) -> String {
+    format!(
+        "{}/{}",
+        credential.uid().unwrap_or_default(),
+        credential.metadata.generation.unwrap_or(0)
+    )
+}
+
+fn stored_form(status: OAuthCredentialStatus) -> OAuthCredentialStatus {
+    serde_json::to_value(&status)
+        .and_then(serde_json::from_value)
+        .expect("status round-trips through JSON")
+}
