@@ -24,9 +24,10 @@ use url::Url;
 use crate::api_error::ApiError;
 use crate::consent::{self, ConsentError, Pkce};
 use crate::endpoint::{self, EndpointError, TokenEndpoint};
-use crate::input_secrets::{self, ClientCredentials, ClientSecretError};
+use crate::input_secrets::{self, ClientCredentials, ClientSecretError, InputKind};
 use crate::refresh_token_store::{self, StoreError};
 use crate::resource::{FORCE_REFRESH_ANNOTATION, OAuthCredential, READY};
+use crate::status::reason;
 use crate::summary::short;
 use crate::token_client::{TokenClient, TokenClientConfig};
 
@@ -67,6 +68,27 @@ pub enum Error {
     },
     #[error(transparent)]
     ClientSecret(#[from] ClientSecretError),
+    #[error(transparent)]
+    NotAnInput(Box<NotAnInput>),
+    #[error(
+        "the operator refuses {target} ({reason}: {message}); fix that first; nothing was asked of anyone"
+    )]
+    Refused {
+        target: String,
+        reason: String,
+        message: String,
+    },
+    #[error(
+        "the operator has not checked {target} as it is now (generation {generation}) within {waited}; \
+         its token and authorization endpoints are used only once the operator has allowed them. Is the \
+         operator running and watching namespace {namespace}? Nothing was asked of anyone"
+    )]
+    NotChecked {
+        target: String,
+        generation: i64,
+        waited: String,
+        namespace: String,
+    },
     #[error("{0}; nothing was asked of anyone")]
     WouldFail(ApiError),
     #[error("cannot listen on 127.0.0.1 for the redirect: {0}")]
@@ -108,6 +130,22 @@ pub enum Error {
         program: String,
         namespace: String,
     },
+}
+
+/// A Secret the credential names that did not opt in as its input.
+#[derive(Debug, Error)]
+#[error(
+    "Secret {namespace}/{secret} is not an OAuth {noun} Secret (its type is {actual:?}), so the \
+     operator would not use it; opt it in first with `{program} opt-in {namespace}/{credential}`; \
+     nothing was asked of anyone"
+)]
+pub struct NotAnInput {
+    namespace: String,
+    secret: String,
+    noun: &'static str,
+    actual: String,
+    program: String,
+    credential: String,
 }
 
 /// What the redirect listener or the terminal received.
@@ -210,6 +248,7 @@ async fn prepare(client: Client, options: &Options) -> Result<Prepared, Error> {
             target: target.clone(),
             namespace: options.namespace.clone(),
         })?;
+    let credential = admitted(&credentials, credential, options, &target).await?;
     let spec = &credential.spec;
     let allow_http = options.allow_insecure_loopback_http;
     let endpoint_error = |source| Error::Endpoint {
@@ -237,7 +276,16 @@ async fn prepare(client: Client, options: &Options) -> Result<Prepared, Error> {
         key: spec.refresh_token_secret_ref.key.clone(),
         namespace: options.namespace.clone(),
     };
-    // Before a person is asked anything: would both writes be accepted?
+    // Before a person is asked anything: is the refresh-token Secret one the
+    // operator uses, and would both writes be accepted?
+    let refresh_secret = store
+        .secrets
+        .get_opt(&store.name)
+        .await
+        .map_err(|e| ApiError::new(store.context(), e))?;
+    if let Some(secret) = &refresh_secret {
+        require_input(secret, InputKind::RefreshToken, options)?;
+    }
     store
         .write(&SecretString::from("dry-run"), true)
         .await
@@ -259,6 +307,84 @@ async fn prepare(client: Client, options: &Options) -> Result<Prepared, Error> {
         client,
         store,
     })
+}
+
+/// Reasons with which the operator refuses a credential before using any of
+/// its Secrets or endpoints.
+const REFUSALS: [&str; 5] = [
+    reason::NAMESPACE_NOT_SERVED,
+    reason::OUTPUT_NAME_IN_USE,
+    reason::ENDPOINT_NOT_ALLOWED,
+    reason::INVALID_TOKEN_ENDPOINT,
+    reason::REFRESH_TOKEN_SECRET_SHARED,
+];
+/// How long to wait for the operator to check a credential's current spec.
+const ADMISSION_WAIT: Duration = Duration::from_secs(10);
+
+/// The credential once the operator has checked its current spec and not
+/// refused it. A generic provider's endpoints come from the spec, which
+/// whoever may edit the credential controls: the client secret and the
+/// authorization code go to them only once the operator, which knows the
+/// platform's allowlist, has admitted them. Google's endpoints are fixed.
+async fn admitted(
+    credentials: &Api<OAuthCredential>,
+    mut credential: OAuthCredential,
+    options: &Options,
+    target: &str,
+) -> Result<OAuthCredential, Error> {
+    let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
+    loop {
+        let generation = credential.metadata.generation.unwrap_or(0);
+        let status = credential.status.clone().unwrap_or_default();
+        if let Some(failure) = status
+            .last_failure
+            .as_ref()
+            .filter(|f| status.failed_attempts > 0 && REFUSALS.contains(&f.reason.as_str()))
+            && status.observed_generation == Some(generation)
+        {
+            return Err(Error::Refused {
+                target: target.into(),
+                reason: failure.reason.clone(),
+                message: failure.message.clone(),
+            });
+        }
+        let checked = status.observed_generation == Some(generation);
+        if checked || credential.spec.provider.google.is_some() {
+            return Ok(credential);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::NotChecked {
+                target: target.into(),
+                generation,
+                waited: short(ADMISSION_WAIT.as_secs() as i64),
+                namespace: options.namespace.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        credential = credentials
+            .get_opt(&options.name)
+            .await
+            .map_err(|e| ApiError::new(format!("cannot read OAuthCredential {target}"), e))?
+            .ok_or_else(|| Error::NotFound {
+                target: target.into(),
+                namespace: options.namespace.clone(),
+            })?;
+    }
+}
+
+/// Refuses a Secret that did not opt in as `kind`.
+fn require_input(secret: &Secret, kind: InputKind, options: &Options) -> Result<(), Error> {
+    if kind.accepts(secret) {
+        return Ok(());
+    }
+    Err(Error::NotAnInput(Box::new(NotAnInput {
+        namespace: options.namespace.clone(),
+        secret: secret.metadata.name.clone().unwrap_or_default(),
+        noun: kind.noun(),
+        actual: secret.type_.clone().unwrap_or_else(|| "Opaque".into()),
+        program: options.program.clone(),
+        credential: options.name.clone(),
+    })))
 }
 
 /// Opens (or prints) the consent page and says what to do.
@@ -444,6 +570,13 @@ struct Store {
 }
 
 impl Store {
+    fn context(&self) -> String {
+        format!(
+            "the refresh token cannot be stored in Secret {}/{}",
+            self.namespace, self.name
+        )
+    }
+
     /// Puts `token` in plain text under the key (the operator seals it on
     /// sight) and removes a sealed value of an earlier token; other keys are
     /// kept. Creates the Secret when it does not exist. Guarded by the

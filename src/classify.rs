@@ -18,8 +18,12 @@ use crate::resource::FailureCategory;
 /// RECOMMENDED by RFC 6749 §5.1). Short enough to be safe, long enough not to
 /// hammer the provider.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
-/// Provider error text longer than this is cut.
+/// Provider text longer than this is cut: `error_description`...
 const MAX_ERROR_TEXT: usize = 256;
+/// ...and `error` and `error_subtype`, which are codes.
+const MAX_ERROR_CODE: usize = 64;
+/// What replaces a secret that a provider echoed back.
+pub const REDACTED: &str = "[redacted]";
 
 /// A successful refresh. Token values are wrapped so that they never print.
 #[derive(Debug)]
@@ -131,6 +135,9 @@ pub struct Answer<'a> {
     pub body: &'a [u8],
     /// The body was cut at the size cap.
     pub truncated: bool,
+    /// Every secret the request carried, in every form it was sent in: a
+    /// provider may echo the request, and none of it may reach a person.
+    pub sent_secrets: &'a [String],
 }
 
 #[derive(Deserialize)]
@@ -177,7 +184,7 @@ pub fn classify(answer: &Answer<'_>, now: Timestamp) -> Result<Token, Failure> {
             ))
         });
     }
-    let provider = parse_error(answer.body);
+    let provider = parse_error(answer.body, answer.sent_secrets);
     // The provider's own word decides first: invalid_grant needs a person
     // whatever the HTTP status, and "temporarily unavailable" is transient.
     let (category, reason, detail) = match provider.error.as_deref().unwrap_or("") {
@@ -259,31 +266,77 @@ fn parse_expires_in(value: &serde_json::Value) -> Option<Duration> {
     (seconds > 0 && seconds <= 10 * 365 * 24 * 3600).then(|| Duration::from_secs(seconds))
 }
 
-fn parse_error(body: &[u8]) -> ProviderError {
+fn parse_error(body: &[u8], secrets: &[String]) -> ProviderError {
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let text = |value: &Option<serde_json::Value>, limit| {
+        // Only strings: a nested object is not something to show a person.
+        let raw = value.as_ref()?.as_str()?;
+        clean(&scrub(raw, secrets), limit)
+    };
     ProviderError {
-        error: parsed.error.as_ref().and_then(clean_text),
-        description: parsed.error_description.as_ref().and_then(clean_text),
-        subtype: parsed.error_subtype.as_ref().and_then(clean_text),
+        error: text(&parsed.error, MAX_ERROR_CODE),
+        description: text(&parsed.error_description, MAX_ERROR_TEXT),
+        subtype: text(&parsed.error_subtype, MAX_ERROR_CODE),
     }
 }
 
-/// Keeps provider text printable and short. Only strings are accepted: a
-/// nested object is not something to show a person.
-fn clean_text(value: &serde_json::Value) -> Option<String> {
-    clean_str(value.as_str()?)
+/// `text` with every occurrence of each secret replaced by `REDACTED`. Done
+/// before anything is cut, so that no part of a secret survives a cut.
+/// Values shorter than four characters are left alone (they would only
+/// mangle the text; no token or client secret is that short).
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    let mut secrets: Vec<&String> = secrets.iter().filter(|s| s.chars().count() >= 4).collect();
+    // Longest first, so that a secret containing another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in secrets {
+        text = text.replace(secret.as_str(), REDACTED);
+    }
+    text
 }
 
-/// Provider text made printable (control characters become spaces), cut to
-/// `MAX_ERROR_TEXT` characters and trimmed; `None` when nothing is left.
-pub fn clean_str(text: &str) -> Option<String> {
+/// The forms in which a request carries `secret`: as is, and
+/// form-urlencoded (as in a request body or query).
+pub fn sent_forms(secret: &str) -> [String; 2] {
+    [
+        secret.to_string(),
+        url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+    ]
+}
+
+/// Provider text made printable: control characters and invisible Unicode
+/// format characters (bidirectional overrides such as U+202E, zero-width
+/// characters) become spaces; cut to `limit` characters and trimmed; `None`
+/// when nothing is left.
+pub fn clean(text: &str, limit: usize) -> Option<String> {
     let cleaned: String = text
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_ERROR_TEXT)
+        .map(|c| {
+            if c.is_control() || is_format_character(c) {
+                ' '
+            } else {
+                c
+            }
+        })
+        .take(limit)
         .collect();
     let cleaned = cleaned.trim().to_string();
     (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// `clean` with the limit of an `error_description`.
+pub fn clean_str(text: &str) -> Option<String> {
+    clean(text, MAX_ERROR_TEXT)
+}
+
+/// Unicode general category Cf (format), which renders as nothing or
+/// reorders the text around it.
+fn is_format_character(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 /// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
@@ -316,6 +369,7 @@ mod tests {
                 retry_after: None,
                 body: body.as_bytes(),
                 truncated: false,
+                sent_secrets: &[],
             },
             now(),
         )
@@ -476,6 +530,7 @@ mod tests {
                 retry_after: Some("30"),
                 body: b"",
                 truncated: false,
+                sent_secrets: &[],
             },
             now(),
         )
@@ -491,6 +546,7 @@ mod tests {
                 retry_after: None,
                 body: b"{",
                 truncated: true,
+                sent_secrets: &[],
             },
             now(),
         )
@@ -509,5 +565,53 @@ mod tests {
         let description = failure.provider.description.clone().unwrap();
         assert!(!description.contains('\n'));
         assert!(description.len() <= MAX_ERROR_TEXT);
+    }
+
+    #[test]
+    fn echoed_secrets_are_scrubbed_before_anything_is_cut() {
+        let refresh = "1//0g-refresh-token-abcdef".to_string();
+        let client_secret = "GOCSPX-client/secret+value".to_string();
+        let mut sent: Vec<String> = sent_forms(&refresh).into();
+        sent.extend(sent_forms(&client_secret));
+        // The secret straddles the 256-character cut: no prefix of it survives.
+        let padding = "p".repeat(240);
+        let body = serde_json::json!({
+            "error": format!("invalid_grant {refresh}"),
+            "error_description": format!(
+                "{padding}{refresh} client_secret={} {client_secret}",
+                url::form_urlencoded::byte_serialize(client_secret.as_bytes()).collect::<String>()
+            ),
+            "error_subtype": "\u{202e}evil\u{200b}x",
+        })
+        .to_string();
+        let failure = classify(
+            &Answer {
+                status: 400,
+                retry_after: None,
+                body: body.as_bytes(),
+                truncated: false,
+                sent_secrets: &sent,
+            },
+            now(),
+        )
+        .unwrap_err();
+        let text = format!("{:?} {}", failure.provider, failure.message());
+        assert!(!text.contains("1//0g"), "{text}");
+        assert!(!text.contains("GOCSPX"), "{text}");
+        assert!(!text.contains("client%2Fsecret"), "{text}");
+        assert!(
+            failure
+                .provider
+                .error
+                .as_deref()
+                .unwrap()
+                .ends_with(REDACTED)
+        );
+        let subtype = failure.provider.subtype.clone().unwrap();
+        assert!(
+            !subtype.contains('\u{202e}') && !subtype.contains('\u{200b}'),
+            "{subtype:?}"
+        );
+        assert!(failure.provider.error.as_ref().unwrap().chars().count() <= MAX_ERROR_CODE);
     }
 }

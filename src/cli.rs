@@ -11,11 +11,11 @@ use kube::{Api, CustomResourceExt};
 use thiserror::Error;
 
 use crate::api_error::ApiError;
-use crate::authorize;
 use crate::resource::OAuthCredential;
 use crate::runtime::{self, RunArgs, RunError};
 use crate::schedule::parse_duration;
 use crate::summary;
+use crate::{authorize, opt_in};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,23 @@ pub enum Command {
     /// Summarise credentials: READY, REAUTH, EXPIRES IN, NEXT REFRESH, LAST
     /// FAILURE, and the command that fixes each one waiting for a person.
     Status(StatusArgs),
+    /// Re-create a credential's existing Opaque client and refresh-token
+    /// Secrets with the types that opt them in as inputs, keeping their data.
+    OptIn(OptInArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OptInArgs {
+    /// The credential, as `<namespace>/<name>`, or `<name>` in the namespace
+    /// of `-n` or of the kubeconfig context.
+    pub credential: String,
+
+    /// Namespace of the credential when it is given without one.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// Which cluster the client commands talk to.
@@ -121,6 +138,8 @@ pub enum Error {
     #[error(transparent)]
     Authorize(#[from] authorize::Error),
     #[error(transparent)]
+    OptIn(#[from] opt_in::Error),
+    #[error(transparent)]
     Api(#[from] ApiError),
     #[error("expected <namespace>/<name> or <name>, got {0:?}")]
     CredentialName(String),
@@ -149,18 +168,8 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
         Command::Run(args) => Ok(runtime::run(*args).await?),
         Command::Authorize(args) => {
             let client = args.kube.client().await?;
-            let (namespace, name) = match args.credential.split_once('/') {
-                Some((namespace, name)) => (namespace.to_string(), name.to_string()),
-                None => (
-                    args.namespace
-                        .clone()
-                        .unwrap_or_else(|| client.default_namespace().to_string()),
-                    args.credential.clone(),
-                ),
-            };
-            if namespace.is_empty() || name.is_empty() || name.contains('/') {
-                return Err(Error::CredentialName(args.credential));
-            }
+            let (namespace, name) =
+                credential_name(&args.credential, args.namespace.as_deref(), &client)?;
             let options = authorize::Options {
                 namespace,
                 name,
@@ -173,7 +182,32 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             Ok(authorize::run(client, options).await?)
         }
         Command::Status(args) => status(args).await,
+        Command::OptIn(args) => {
+            let client = args.kube.client().await?;
+            let (namespace, name) =
+                credential_name(&args.credential, args.namespace.as_deref(), &client)?;
+            Ok(opt_in::run(client, &namespace, &name).await?)
+        }
     }
+}
+
+/// `<namespace>/<name>`, or `<name>` in `namespace` or the client's default.
+fn credential_name(
+    given: &str,
+    namespace: Option<&str>,
+    client: &kube::Client,
+) -> Result<(String, String), Error> {
+    let (namespace, name) = match given.split_once('/') {
+        Some((namespace, name)) => (namespace.to_string(), name.to_string()),
+        None => (
+            namespace.map_or_else(|| client.default_namespace().to_string(), str::to_string),
+            given.to_string(),
+        ),
+    };
+    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+        return Err(Error::CredentialName(given.to_string()));
+    }
+    Ok((namespace, name))
 }
 
 impl KubeArgs {

@@ -1,8 +1,14 @@
-//! Where tokens may be sent: the transport policy for token and
-//! authorization endpoints named in a credential's spec. An absolute https
-//! URL without credentials or a fragment, or plain http to a loopback address
-//! only behind an explicit flag (tests and demos). Pure; the token client and
-//! the consent flow both ask it.
+//! Where tokens may be sent. Two rules, both for token and authorization
+//! endpoints named in a credential's spec:
+//! - transport: an absolute https URL without credentials or a fragment, or
+//!   plain http to a loopback address only behind an explicit flag (tests
+//!   and demos);
+//! - the platform's allowlist (`--allowed-endpoint`): Google's endpoints
+//!   always, any other only if the platform team listed it, so that whoever
+//!   may write a credential cannot send a token, a client secret or an
+//!   authorization code to a host of their choosing.
+//!
+//! Pure; the reconcile loop, the token client and `authorize` all ask it.
 
 use std::net::IpAddr;
 
@@ -30,6 +36,147 @@ pub enum EndpointError {
         "{field} must use https; plain http is accepted only for loopback addresses with --allow-insecure-loopback-http"
     )]
     Insecure { field: &'static str },
+    #[error(
+        "{field} {origin} is not among the endpoints this operator may send tokens to; a platform \
+         administrator allows a provider with the operator's --allowed-endpoint flag (the chart \
+         value allowedEndpoints)"
+    )]
+    NotAllowed { field: &'static str, origin: String },
+}
+
+/// One entry of the platform's allowlist: a scheme, a host, a port (or any
+/// port, written `:*`) and a path prefix, e.g. `https://login.example.com/oauth2/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedEndpoint {
+    scheme: String,
+    host: String,
+    /// `None`: any port.
+    port: Option<u16>,
+    path_prefix: String,
+}
+
+/// Why an allowlist entry does not parse.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error(
+    "allowed endpoint {0:?} must be an http(s) URL with a host, an optional port or :*, an optional path, and nothing else"
+)]
+pub struct AllowedEndpointError(String);
+
+impl std::str::FromStr for AllowedEndpoint {
+    type Err = AllowedEndpointError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || AllowedEndpointError(text.to_string());
+        // `:*` (any port) is not URL syntax: take it out before parsing.
+        let (any_port, parseable) = match text.split_once(":*") {
+            // `scheme://host:*[/path]`, the host without a port of its own.
+            Some((head, tail))
+                if (tail.is_empty() || tail.starts_with('/'))
+                    && head
+                        .split_once("://")
+                        .is_some_and(|(_, host)| !host.contains([':', '/', '@'])) =>
+            {
+                (true, format!("{head}{tail}"))
+            }
+            Some(_) => return Err(invalid()),
+            None => (false, text.to_string()),
+        };
+        let url = Url::parse(&parseable).map_err(|_| invalid())?;
+        let host = url.host_str().ok_or_else(invalid)?.to_ascii_lowercase();
+        if !matches!(url.scheme(), "https" | "http")
+            || !url.username().is_empty()
+            || url.password().is_some()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || (any_port && url.port().is_some())
+        {
+            return Err(invalid());
+        }
+        Ok(AllowedEndpoint {
+            scheme: url.scheme().to_string(),
+            host,
+            port: if any_port {
+                None
+            } else {
+                url.port_or_known_default()
+            },
+            path_prefix: url.path().to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for AllowedEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let port = match self.port {
+            None => ":*".to_string(),
+            Some(port) => format!(":{port}"),
+        };
+        write!(
+            f,
+            "{}://{}{port}{}",
+            self.scheme, self.host, self.path_prefix
+        )
+    }
+}
+
+impl AllowedEndpoint {
+    fn allows(&self, url: &Url) -> bool {
+        let path = url.path();
+        let under_prefix = path == self.path_prefix
+            || (path.starts_with(&self.path_prefix)
+                && (self.path_prefix.ends_with('/')
+                    || path[self.path_prefix.len()..].starts_with('/')));
+        url.scheme() == self.scheme
+            && url
+                .host_str()
+                .is_some_and(|h| h.eq_ignore_ascii_case(&self.host))
+            && self
+                .port
+                .is_none_or(|port| url.port_or_known_default() == Some(port))
+            && under_prefix
+    }
+}
+
+/// Where tokens may go: the transport rule and the platform's allowlist.
+/// Google's endpoints are always allowed.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointPolicy {
+    pub allow_insecure_loopback_http: bool,
+    pub allowed: Vec<AllowedEndpoint>,
+}
+
+impl EndpointPolicy {
+    /// Whether the allowlist (Google included) lets `url` through.
+    pub fn allows(&self, url: &Url) -> bool {
+        let google = [GOOGLE_TOKEN_ENDPOINT, GOOGLE_AUTHORIZATION_ENDPOINT]
+            .iter()
+            .any(|g| Url::parse(g).is_ok_and(|g| &g == url));
+        google || self.allowed.iter().any(|entry| entry.allows(url))
+    }
+
+    /// The credential's token endpoint, if both rules allow it.
+    pub fn token_endpoint(&self, provider: &Provider) -> Result<TokenEndpoint, EndpointError> {
+        let endpoint = TokenEndpoint::from_provider(provider, self.allow_insecure_loopback_http)?;
+        self.check(endpoint.url(), "tokenEndpoint")?;
+        Ok(endpoint)
+    }
+
+    /// The credential's authorization endpoint, if both rules allow it.
+    pub fn authorization_endpoint(&self, provider: &Provider) -> Result<Url, EndpointError> {
+        let url = authorization_endpoint(provider, self.allow_insecure_loopback_http)?;
+        self.check(&url, "authorizationEndpoint")?;
+        Ok(url)
+    }
+
+    fn check(&self, url: &Url, field: &'static str) -> Result<(), EndpointError> {
+        if self.allows(url) {
+            return Ok(());
+        }
+        Err(EndpointError::NotAllowed {
+            field,
+            origin: url.origin().ascii_serialization(),
+        })
+    }
 }
 
 /// Checks an endpoint URL from the spec against the transport policy.
@@ -247,5 +394,71 @@ mod tests {
             authorization_endpoint(&google, false).unwrap().as_str(),
             GOOGLE_AUTHORIZATION_ENDPOINT
         );
+    }
+
+    fn allow(entries: &[&str]) -> EndpointPolicy {
+        EndpointPolicy {
+            allow_insecure_loopback_http: true,
+            allowed: entries.iter().map(|e| e.parse().unwrap()).collect(),
+        }
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn google_is_always_allowed_and_nothing_else_by_default() {
+        let policy = EndpointPolicy::default();
+        assert!(policy.allows(&url(GOOGLE_TOKEN_ENDPOINT)));
+        assert!(policy.allows(&url(GOOGLE_AUTHORIZATION_ENDPOINT)));
+        assert!(!policy.allows(&url("https://login.example.com/token")));
+        assert_eq!(
+            policy.token_endpoint(&generic("https://attacker.example/token")),
+            Err(EndpointError::NotAllowed {
+                field: "tokenEndpoint",
+                origin: "https://attacker.example".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_entry_allows_its_host_port_and_path_prefix_only() {
+        let policy = allow(&["https://login.example.com/oauth2/"]);
+        assert!(policy.allows(&url("https://login.example.com/oauth2/token")));
+        assert!(policy.allows(&url("https://LOGIN.example.com:443/oauth2/v1/token")));
+        assert!(!policy.allows(&url("https://login.example.com/other/token")));
+        assert!(!policy.allows(&url("https://login.example.com:8443/oauth2/token")));
+        assert!(!policy.allows(&url("http://login.example.com/oauth2/token")));
+        assert!(!policy.allows(&url("https://login.example.com.evil.example/oauth2/token")));
+        let exact = allow(&["https://login.example.com/token"]);
+        assert!(exact.allows(&url("https://login.example.com/token")));
+        assert!(!exact.allows(&url("https://login.example.com/token-evil")));
+        assert!(exact.allows(&url("https://login.example.com/token/x")));
+    }
+
+    #[test]
+    fn a_wildcard_port_allows_any_port_of_that_host() {
+        let policy = allow(&["http://127.0.0.1:*"]);
+        assert!(policy.allows(&url("http://127.0.0.1:41234/token")));
+        assert!(!policy.allows(&url("http://127.0.0.2:41234/token")));
+        assert!(
+            policy
+                .token_endpoint(&generic("http://127.0.0.1:9/token"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn malformed_entries_are_refused() {
+        for bad in [
+            "login.example.com",
+            "ftp://login.example.com/",
+            "https://user:pw@login.example.com/",
+            "https://login.example.com/?q=1",
+            "https://login.example.com:443:*/",
+        ] {
+            assert!(bad.parse::<AllowedEndpoint>().is_err(), "{bad}");
+        }
     }
 }

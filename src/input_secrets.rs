@@ -14,11 +14,68 @@ use secrecy::{ExposeSecret, SecretString};
 use thiserror::Error;
 
 use crate::resource::ClientSecretRef;
-use crate::seal::{self, KeyRing, OpenError};
+use crate::seal::{self, Binding, Format, KeyRing, OpenError};
 
 /// Where a credential's refresh token is stored, sealed: `<key>.sealed`.
 pub fn sealed_key(key: &str) -> String {
     format!("{key}.sealed")
+}
+
+/// The `type` a Secret must have to be read as a credential's OAuth client.
+pub const CLIENT_SECRET_TYPE: &str = "oauth.tokenoperator.io/client";
+/// The `type` a Secret must have to be read, and written, as a credential's
+/// refresh-token Secret.
+pub const REFRESH_TOKEN_SECRET_TYPE: &str = "oauth.tokenoperator.io/refresh-token";
+
+/// Which input a Secret is to a credential. A Secret is an input only if it
+/// says so itself, with its `type`: Kubernetes fixes a Secret's type when it
+/// is created, so whoever made it an input also wrote its data; naming a
+/// Secret in a credential never makes the operator read or change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    Client,
+    RefreshToken,
+}
+
+impl InputKind {
+    /// The Secret `type` that opts a Secret in as this input.
+    pub fn secret_type(self) -> &'static str {
+        match self {
+            InputKind::Client => CLIENT_SECRET_TYPE,
+            InputKind::RefreshToken => REFRESH_TOKEN_SECRET_TYPE,
+        }
+    }
+
+    /// What a person calls it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            InputKind::Client => "client",
+            InputKind::RefreshToken => "refresh-token",
+        }
+    }
+
+    /// Whether a Secret of this type opted in as this input.
+    pub fn accepts(self, secret: &Secret) -> bool {
+        secret.type_.as_deref() == Some(self.secret_type())
+    }
+}
+
+/// An input Secret as gathered: its data only if it opted in.
+#[derive(Clone, Debug)]
+pub enum InputSecret {
+    Missing,
+    /// Exists without the input's type: its data was not read.
+    NotAccepted,
+    Accepted(Box<Secret>),
+}
+
+impl InputSecret {
+    pub fn accepted(&self) -> Option<&Secret> {
+        match self {
+            InputSecret::Accepted(secret) => Some(secret),
+            _ => None,
+        }
+    }
 }
 
 /// A value of the Secret, trimmed; `None` when absent, empty or not UTF-8.
@@ -76,77 +133,92 @@ pub fn client_credentials(
     })
 }
 
-/// The refresh token as stored in its Secret.
+/// The refresh token as stored in its Secret, not yet opened.
 pub enum Stored {
     Missing,
     /// In plain text under the configured key: new, not yet sealed.
     Plain(SecretString),
+    /// Sealed under `<key>.sealed`.
     Sealed {
-        token: SecretString,
+        sealed: SecretString,
         key_id: String,
+        format: Format,
     },
-    Unreadable(OpenError),
 }
 
-/// Reads the refresh token of the credential `namespace/credential` from its
-/// Secret. A plaintext value is a token a person just supplied: it wins over
-/// a sealed one.
-pub fn stored_refresh_token(
-    secret: Option<&Secret>,
-    key: &str,
-    keys: &KeyRing,
-    namespace: &str,
-    credential: &str,
-) -> Stored {
+/// Reads the refresh token from its Secret. A plaintext value is a token a
+/// person just supplied: it wins over a sealed one.
+pub fn stored_refresh_token(secret: Option<&Secret>, key: &str) -> Stored {
     if let Some(token) = secret_value(secret, key) {
         return Stored::Plain(token);
     }
     let Some(sealed) = secret_value(secret, &sealed_key(key)) else {
         return Stored::Missing;
     };
-    let sealed = sealed.expose_secret();
-    let key_id = seal::key_id_of(sealed).unwrap_or_default().to_string();
-    match keys.open(sealed, namespace, credential) {
-        Ok(token) => Stored::Sealed { token, key_id },
-        Err(error) => Stored::Unreadable(error),
+    let text = sealed.expose_secret();
+    let key_id = seal::key_id_of(text).unwrap_or_default().to_string();
+    let format = if text.starts_with(seal::SEALED_PREFIX) {
+        Format::V2
+    } else {
+        Format::V1
+    };
+    Stored::Sealed {
+        sealed,
+        key_id,
+        format,
+    }
+}
+
+/// Opens a stored refresh token for `binding`; a plaintext one as is.
+/// `None` when there is none.
+pub fn open_stored(
+    stored: &Stored,
+    keys: &KeyRing,
+    binding: &Binding<'_>,
+) -> Option<Result<(SecretString, Option<String>), OpenError>> {
+    match stored {
+        Stored::Missing => None,
+        Stored::Plain(token) => Some(Ok((token.clone(), None))),
+        Stored::Sealed { sealed, key_id, .. } => Some(
+            keys.open(sealed.expose_secret(), binding)
+                .map(|(token, _)| (token, Some(key_id.clone()))),
+        ),
     }
 }
 
 /// What to do with a stored refresh token so that it stays sealed under the
-/// primary key.
+/// primary key, in the current format.
+#[derive(Debug, PartialEq, Eq)]
 pub enum SealAction {
     /// Nothing to write; remember that this version was inspected.
     Remember,
     /// Already sealed under the primary key, but status names another key
     /// (or none): record the key id in status, write no Secret.
     RecordKey(String),
-    /// Write the token sealed under the primary key: a plaintext token
-    /// (`resealing: false`) or one sealed under an older key.
-    Seal {
-        token: SecretString,
-        resealing: bool,
-    },
+    /// Seal the plaintext token.
+    Seal,
+    /// Open the token and seal it again: under an older key, or in the
+    /// first format.
+    Reseal,
 }
 
 /// Decides what keeps `stored` sealed under `primary`. `recorded` is the key
 /// id status names for the stored token (`None` inside `Some` when status
 /// knows the Secret but no key); `None` when status knows nothing of it yet.
-pub fn seal_action(stored: Stored, recorded: Option<Option<&str>>, primary: &str) -> SealAction {
+pub fn seal_action(stored: &Stored, recorded: Option<Option<&str>>, primary: &str) -> SealAction {
     match stored {
-        Stored::Plain(token) => SealAction::Seal {
-            token,
-            resealing: false,
-        },
-        Stored::Sealed { token, key_id } if key_id != primary => SealAction::Seal {
-            token,
-            resealing: true,
-        },
+        Stored::Plain(_) => SealAction::Seal,
+        Stored::Sealed { key_id, format, .. } if key_id != primary || *format == Format::V1 => {
+            SealAction::Reseal
+        }
         Stored::Sealed { key_id, .. } => match recorded {
-            Some(recorded) if recorded != Some(key_id.as_str()) => SealAction::RecordKey(key_id),
+            Some(recorded) if recorded != Some(key_id.as_str()) => {
+                SealAction::RecordKey(key_id.clone())
+            }
             _ => SealAction::Remember,
         },
         // Reported when a refresh is attempted.
-        Stored::Missing | Stored::Unreadable(_) => SealAction::Remember,
+        Stored::Missing => SealAction::Remember,
     }
 }
 
@@ -162,7 +234,8 @@ pub fn with_sealed_token(mut secret: Secret, key: &str, sealed: &str) -> Secret 
 
 /// The Secret `name` with a new token in plain text under `key` (the
 /// operator seals it on sight) and the sealed value of an earlier token
-/// removed; every other key kept. Created when `secret` is `None`.
+/// removed; every other key kept. Created (with the refresh-token type) when
+/// `secret` is `None`.
 pub fn with_new_token(
     secret: Option<Secret>,
     name: &str,
@@ -174,7 +247,7 @@ pub fn with_new_token(
             name: Some(name.to_string()),
             ..Default::default()
         },
-        type_: Some("Opaque".into()),
+        type_: Some(REFRESH_TOKEN_SECRET_TYPE.into()),
         ..Default::default()
     });
     secret.string_data = None;
@@ -242,64 +315,97 @@ mod tests {
         );
     }
 
+    fn binding() -> Binding<'static> {
+        Binding {
+            namespace: "ns",
+            name: "c",
+            token_endpoint: "https://oauth2.googleapis.com/token",
+            client_id: "id",
+        }
+    }
+
     #[test]
     fn a_plaintext_token_wins_over_a_sealed_one() {
         let keys = ring("k1");
-        let sealed = keys.seal(&SecretString::from("old"), "ns", "c");
+        let sealed = keys.seal(&SecretString::from("old"), &binding());
         let both = secret(&[
             ("refresh_token", b"new"),
             ("refresh_token.sealed", sealed.as_bytes()),
         ]);
-        assert!(matches!(
-            stored_refresh_token(Some(&both), "refresh_token", &keys, "ns", "c"),
-            Stored::Plain(t) if t.expose_secret() == "new"
-        ));
+        let stored = stored_refresh_token(Some(&both), "refresh_token");
+        assert!(matches!(&stored, Stored::Plain(t) if t.expose_secret() == "new"));
         let only_sealed = secret(&[("refresh_token.sealed", sealed.as_bytes())]);
+        let stored = stored_refresh_token(Some(&only_sealed), "refresh_token");
         assert!(matches!(
-            stored_refresh_token(Some(&only_sealed), "refresh_token", &keys, "ns", "c"),
-            Stored::Sealed { token, key_id } if token.expose_secret() == "old" && key_id == "k1"
+            &stored,
+            Stored::Sealed { key_id, format: Format::V2, .. } if key_id == "k1"
         ));
+        let (token, key) = open_stored(&stored, &keys, &binding()).unwrap().unwrap();
+        assert_eq!((token.expose_secret(), key.as_deref()), ("old", Some("k1")));
+        let elsewhere = Binding {
+            name: "other",
+            ..binding()
+        };
         assert!(matches!(
-            stored_refresh_token(Some(&only_sealed), "refresh_token", &keys, "ns", "other"),
-            Stored::Unreadable(_)
+            open_stored(&stored, &keys, &elsewhere),
+            Some(Err(OpenError::NotAuthentic(_)))
         ));
-        assert!(matches!(
-            stored_refresh_token(None, "refresh_token", &keys, "ns", "c"),
-            Stored::Missing
-        ));
+        let stored = stored_refresh_token(None, "refresh_token");
+        assert!(matches!(stored, Stored::Missing));
+        assert!(open_stored(&stored, &keys, &binding()).is_none());
     }
 
-    fn sealed(key_id: &str) -> Stored {
+    #[test]
+    fn only_a_secret_of_the_inputs_type_is_accepted() {
+        let mut typed = secret(&[("refresh_token", b"r")]);
+        typed.type_ = Some(REFRESH_TOKEN_SECRET_TYPE.into());
+        assert!(InputKind::RefreshToken.accepts(&typed));
+        assert!(!InputKind::Client.accepts(&typed));
+        let mut opaque = typed.clone();
+        opaque.type_ = Some("Opaque".into());
+        assert!(!InputKind::RefreshToken.accepts(&opaque));
+        let mut service_account = typed.clone();
+        service_account.type_ = Some("kubernetes.io/service-account-token".into());
+        assert!(!InputKind::RefreshToken.accepts(&service_account));
+        assert!(!InputKind::Client.accepts(&service_account));
+    }
+
+    fn sealed(key_id: &str, format: Format) -> Stored {
         Stored::Sealed {
-            token: SecretString::from("t"),
+            sealed: SecretString::from("oto-sealed:..."),
             key_id: key_id.into(),
+            format,
         }
     }
 
     #[test]
     fn the_seal_action_for_each_stored_form() {
-        let action = |stored, recorded| match seal_action(stored, recorded, "k2") {
-            SealAction::Remember => "remember".to_string(),
-            SealAction::RecordKey(id) => format!("record {id}"),
-            SealAction::Seal { resealing, .. } => format!("seal resealing={resealing}"),
-        };
+        use SealAction::*;
         let cases = [
             (
                 Stored::Plain(SecretString::from("t")),
                 Some(Some("k2")),
-                "seal resealing=false",
+                Seal,
             ),
-            (sealed("k1"), Some(Some("k1")), "seal resealing=true"),
-            (sealed("k1"), None, "seal resealing=true"),
-            (sealed("k2"), Some(Some("k2")), "remember"),
-            (sealed("k2"), None, "remember"),
-            (sealed("k2"), Some(Some("k1")), "record k2"),
-            (sealed("k2"), Some(None), "record k2"),
-            (Stored::Missing, Some(Some("k2")), "remember"),
-            (Stored::Unreadable(OpenError::Malformed), None, "remember"),
+            (sealed("k1", Format::V2), Some(Some("k1")), Reseal),
+            (sealed("k1", Format::V2), None, Reseal),
+            (sealed("k2", Format::V1), Some(Some("k2")), Reseal),
+            (sealed("k2", Format::V2), Some(Some("k2")), Remember),
+            (sealed("k2", Format::V2), None, Remember),
+            (
+                sealed("k2", Format::V2),
+                Some(Some("k1")),
+                RecordKey("k2".into()),
+            ),
+            (sealed("k2", Format::V2), Some(None), RecordKey("k2".into())),
+            (Stored::Missing, Some(Some("k2")), Remember),
         ];
         for (stored, recorded, expected) in cases {
-            assert_eq!(action(stored, recorded), expected, "{recorded:?}");
+            assert_eq!(
+                seal_action(&stored, recorded, "k2"),
+                expected,
+                "{recorded:?}"
+            );
         }
     }
 
@@ -322,6 +428,6 @@ mod tests {
         assert_eq!(data["other"].0, b"kept");
         let created = with_new_token(None, "s", "refresh_token", &SecretString::from("n"));
         assert_eq!(created.metadata.name.as_deref(), Some("s"));
-        assert_eq!(created.type_.as_deref(), Some("Opaque"));
+        assert_eq!(created.type_.as_deref(), Some(REFRESH_TOKEN_SECRET_TYPE));
     }
 }

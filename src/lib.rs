@@ -23,7 +23,8 @@
 //! - `keys`: the seal key ring's source; `leader`: the Lease fence.
 //! - `metrics`, `admin`: metrics and health; `supervisor`: long-lived tasks.
 //! - `runtime`: the composition root of `run`.
-//! - `authorize`: the `authorize` command; `cli`: subcommands and flags;
+//! - `authorize`: the `authorize` command; `opt_in`: the `opt-in` command;
+//!   `cli`: subcommands and flags;
 //!   `api_error`: API errors for people; `tls`: the rustls provider.
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod input_secrets;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod opt_in;
 pub mod output_secret;
 pub mod reconcile;
 pub mod references;

@@ -1,42 +1,103 @@
-//! Which credentials name a given Secret (as client, refresh-token or output
-//! Secret), so that a change to that Secret reconciles exactly those
-//! credentials.
+//! Which credentials name a given Secret, and how: as client, refresh-token
+//! or output Secret. It answers three questions without any API call:
 //!
-//! The operator watches the metadata of Secrets without caching them; this
-//! index, fed from the credential watch, turns each Secret event into the
-//! credentials it concerns in O(1) rather than a scan of every credential.
-//! A stale entry only costs a spurious reconcile of a credential that is gone,
-//! which the controller drops.
+//! - which credentials a change of that Secret concerns (the Secret watches
+//!   map each event through it);
+//! - which credential holds a refresh-token Secret that several name (the
+//!   oldest; the others are refused, since one refresh token serves one
+//!   credential);
+//! - whether a credential's output name is another credential's input.
+//!
+//! It also remembers, for referenced Secrets only, the last resourceVersion
+//! the watches reported and whether the Secret opted in as an input (its
+//! `type`), so that a reconcile can tell without a read whether an input
+//! changed. When a credential comes, changes or goes, the credentials whose
+//! answer to the last two questions that changes are sent to `affected`, to
+//! be reconciled again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use tokio::sync::mpsc::UnboundedSender;
 
+use crate::input_secrets::InputKind;
 use crate::resource::OAuthCredential;
 
 type Key = (String, String);
 
+/// What a credential names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Names {
+    client: String,
+    refresh: String,
+    output: String,
+    /// Creation time, which decides who holds a shared refresh-token Secret.
+    created: Option<Timestamp>,
+}
+
+/// Who names one Secret, by role.
+#[derive(Default)]
+struct Users {
+    client: BTreeSet<String>,
+    /// Ordered oldest first: the first holds the Secret.
+    refresh: BTreeSet<(Option<Timestamp>, String)>,
+    output: BTreeSet<String>,
+}
+
+impl Users {
+    fn is_empty(&self) -> bool {
+        self.client.is_empty() && self.refresh.is_empty() && self.output.is_empty()
+    }
+
+    fn holder(&self) -> Option<&str> {
+        self.refresh.first().map(|(_, name)| name.as_str())
+    }
+
+    fn all(&self) -> impl Iterator<Item = &String> {
+        self.client
+            .iter()
+            .chain(self.refresh.iter().map(|(_, n)| n))
+            .chain(self.output.iter())
+    }
+}
+
 #[derive(Default)]
 struct Index {
-    /// (namespace, secret name) → names of credentials referencing it.
-    by_secret: HashMap<Key, HashSet<String>>,
-    /// (namespace, credential name) → the secret names it references.
-    by_credential: HashMap<Key, [String; 3]>,
+    by_secret: HashMap<Key, Users>,
+    by_credential: HashMap<Key, Names>,
+}
+
+/// What the Secret watches last reported of a referenced Secret.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    /// Empty when the Secret does not exist.
+    version: String,
+    /// The input the Secret opted in as, by its type.
+    kind: Option<InputKind>,
 }
 
 /// Shared, cheap to clone.
 #[derive(Clone, Default)]
 pub struct SecretReferences {
     index: Arc<RwLock<Index>>,
-    /// (namespace, secret name) → resourceVersion, for referenced Secrets
-    /// only: lets a reconcile tell whether an input changed without a read.
-    versions: Arc<RwLock<HashMap<Key, String>>>,
+    seen: Arc<RwLock<HashMap<Key, Seen>>>,
+    affected: Option<UnboundedSender<ObjectRef<OAuthCredential>>>,
 }
 
 impl SecretReferences {
+    /// An index that sends the credentials an index change concerns to
+    /// `affected`.
+    pub fn notifying(affected: UnboundedSender<ObjectRef<OAuthCredential>>) -> Self {
+        Self {
+            affected: Some(affected),
+            ..Default::default()
+        }
+    }
+
     /// Updates the index from one event of the credential watch.
     pub fn observe(&self, event: &watcher::Event<OAuthCredential>) {
         match event {
@@ -51,38 +112,28 @@ impl SecretReferences {
             return;
         };
         let name = credential.name_any();
-        let names = [
-            credential.spec.client_secret_ref.name.clone(),
-            credential.spec.refresh_token_secret_ref.name.clone(),
-            credential.spec.output.secret_name.clone(),
-        ];
-        let mut index = self.index.write().expect("index lock");
+        let names = Names {
+            client: credential.spec.client_secret_ref.name.clone(),
+            refresh: credential.spec.refresh_token_secret_ref.name.clone(),
+            output: credential.spec.output.secret_name.clone(),
+            created: credential.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        };
         let key = (namespace.clone(), name.clone());
+        let mut index = self.index.write().expect("index lock");
         if index.by_credential.get(&key) == Some(&names) {
             return;
         }
-        let orphaned = match index.by_credential.remove(&key) {
-            Some(old) => unlink(&mut index, &namespace, &name, &old),
-            None => Vec::new(),
-        };
-        for secret in &names {
-            index
-                .by_secret
-                .entry((namespace.clone(), secret.clone()))
-                .or_default()
-                .insert(name.clone());
+        let mut touched = secrets_of(&names);
+        if let Some(old) = index.by_credential.get(&key) {
+            touched.extend(secrets_of(old));
         }
+        let before = self.answers(&index, &namespace, &touched);
+        if let Some(old) = index.by_credential.remove(&key) {
+            self.unlink(&mut index, &namespace, &name, &old);
+        }
+        link(&mut index, &namespace, &name, &names);
         index.by_credential.insert(key, names);
-        self.forget_versions(&index, orphaned);
-    }
-
-    fn forget_versions(&self, index: &Index, orphaned: Vec<Key>) {
-        let mut versions = self.versions.write().expect("versions lock");
-        for key in orphaned {
-            if !index.by_secret.contains_key(&key) {
-                versions.remove(&key);
-            }
-        }
+        self.notify_changes(&index, &namespace, &touched, before, &name);
     }
 
     pub fn remove(&self, credential: &OAuthCredential) {
@@ -91,17 +142,25 @@ impl SecretReferences {
         };
         let name = credential.name_any();
         let mut index = self.index.write().expect("index lock");
-        if let Some(old) = index
+        let Some(old) = index
             .by_credential
             .remove(&(namespace.clone(), name.clone()))
-        {
-            unlink(&mut index, &namespace, &name, &old);
-        }
+        else {
+            return;
+        };
+        let touched = secrets_of(&old);
+        let before = self.answers(&index, &namespace, &touched);
+        self.unlink(&mut index, &namespace, &name, &old);
+        self.notify_changes(&index, &namespace, &touched, before, &name);
     }
 
-    /// Records the version of a Secret seen by the Secret watch, if any
-    /// credential references it.
-    pub fn observe_secret<K: kube::Resource>(&self, event: &watcher::Event<K>) {
+    /// Records what a watch of input Secrets of `kind` reported, for
+    /// referenced Secrets only.
+    pub fn observe_input_secret<K: kube::Resource>(
+        &self,
+        kind: InputKind,
+        event: &watcher::Event<K>,
+    ) {
         let (secret, deleted) = match event {
             watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s, false),
             watcher::Event::Delete(s) => (s, true),
@@ -112,39 +171,67 @@ impl SecretReferences {
             return;
         };
         let key = (namespace, name);
-        let mut versions = self.versions.write().expect("versions lock");
-        if deleted {
-            versions.insert(key, String::new());
-        } else if self
+        if !self
             .index
             .read()
             .expect("index lock")
             .by_secret
             .contains_key(&key)
         {
-            versions.insert(key, meta.resource_version.clone().unwrap_or_default());
+            return;
         }
+        let seen = if deleted {
+            Seen::default()
+        } else {
+            Seen {
+                version: meta.resource_version.clone().unwrap_or_default(),
+                kind: Some(kind),
+            }
+        };
+        self.seen.write().expect("seen lock").insert(key, seen);
     }
 
     /// The last seen version of a referenced Secret (empty when it does not
-    /// exist), if the watch has reported it.
+    /// exist), if known.
     pub fn version(&self, namespace: &str, secret: &str) -> Option<String> {
-        self.versions
+        self.seen
             .read()
-            .expect("versions lock")
+            .expect("seen lock")
             .get(&(namespace.to_string(), secret.to_string()))
-            .cloned()
+            .map(|s| s.version.clone())
     }
 
-    /// Remembers a version learnt by reading the Secret directly.
-    pub fn remember_version(&self, namespace: &str, secret: &str, version: &str) {
-        self.versions.write().expect("versions lock").insert(
+    /// The input the Secret opted in as, if a watch of input Secrets has
+    /// reported it.
+    pub fn opted_in(&self, namespace: &str, secret: &str) -> Option<InputKind> {
+        self.seen
+            .read()
+            .expect("seen lock")
+            .get(&(namespace.to_string(), secret.to_string()))
+            .and_then(|s| s.kind)
+    }
+
+    /// Remembers what a direct read found: the version, and the input the
+    /// Secret opted in as (`None`: not an input, or absent).
+    pub fn remember(&self, namespace: &str, secret: &str, version: &str, kind: Option<InputKind>) {
+        self.seen.write().expect("seen lock").insert(
             (namespace.to_string(), secret.to_string()),
-            version.to_string(),
+            Seen {
+                version: version.to_string(),
+                kind,
+            },
         );
     }
 
-    /// The credentials in `namespace` that reference the Secret `secret`.
+    /// Remembers a new version of a Secret whose type is unchanged.
+    pub fn remember_version(&self, namespace: &str, secret: &str, version: &str) {
+        let mut seen = self.seen.write().expect("seen lock");
+        seen.entry((namespace.to_string(), secret.to_string()))
+            .or_default()
+            .version = version.to_string();
+    }
+
+    /// The credentials in `namespace` that name the Secret `secret`.
     pub fn credentials_for(
         &self,
         namespace: &str,
@@ -154,41 +241,186 @@ impl SecretReferences {
         index
             .by_secret
             .get(&(namespace.to_string(), secret.to_string()))
-            .map(|names| {
+            .map(|users| {
+                let names: BTreeSet<&String> = users.all().collect();
                 names
-                    .iter()
+                    .into_iter()
                     .map(|n| ObjectRef::new(n).within(namespace))
                     .collect()
             })
             .unwrap_or_default()
     }
-}
 
-/// Unlinks a credential from its Secrets; returns the Secrets no credential
-/// references any more.
-fn unlink(index: &mut Index, namespace: &str, credential: &str, secrets: &[String; 3]) -> Vec<Key> {
-    let mut orphaned = Vec::new();
-    for secret in secrets {
-        let key = (namespace.to_string(), secret.clone());
-        if let Some(set) = index.by_secret.get_mut(&key) {
-            set.remove(credential);
-            if set.is_empty() {
-                index.by_secret.remove(&key);
-                orphaned.push(key);
+    /// The credential that holds the refresh-token Secret `secret`: the
+    /// oldest of those naming it.
+    pub fn refresh_secret_holder(&self, namespace: &str, secret: &str) -> Option<String> {
+        let index = self.index.read().expect("index lock");
+        index
+            .by_secret
+            .get(&(namespace.to_string(), secret.to_string()))
+            .and_then(|users| users.holder().map(str::to_string))
+    }
+
+    /// A credential other than `except` that names `secret` as an input.
+    pub fn input_user(&self, namespace: &str, secret: &str, except: &str) -> Option<String> {
+        let index = self.index.read().expect("index lock");
+        let users = index
+            .by_secret
+            .get(&(namespace.to_string(), secret.to_string()))?;
+        users
+            .client
+            .iter()
+            .chain(users.refresh.iter().map(|(_, n)| n))
+            .find(|n| n.as_str() != except)
+            .cloned()
+    }
+
+    /// Number of Secrets indexed, and of versions remembered (for tests and
+    /// the memory metric).
+    pub fn sizes(&self) -> (usize, usize) {
+        let secrets = self.index.read().expect("index lock").by_secret.len();
+        (secrets, self.seen.read().expect("seen lock").len())
+    }
+
+    fn unlink(&self, index: &mut Index, namespace: &str, credential: &str, names: &Names) {
+        let mut orphaned = Vec::new();
+        for (secret, role) in [
+            (&names.client, Role::Client),
+            (&names.refresh, Role::Refresh),
+            (&names.output, Role::Output),
+        ] {
+            let key = (namespace.to_string(), secret.clone());
+            if let Some(users) = index.by_secret.get_mut(&key) {
+                match role {
+                    Role::Client => drop(users.client.remove(credential)),
+                    Role::Refresh => drop(
+                        users
+                            .refresh
+                            .remove(&(names.created, credential.to_string())),
+                    ),
+                    Role::Output => drop(users.output.remove(credential)),
+                }
+                if users.is_empty() {
+                    index.by_secret.remove(&key);
+                    orphaned.push(key);
+                }
             }
         }
+        // Versions are kept only for Secrets some credential names.
+        let mut seen = self.seen.write().expect("seen lock");
+        for key in orphaned {
+            seen.remove(&key);
+        }
     }
-    orphaned
+
+    /// For each of the `secrets` of `namespace`: its holder, and who names
+    /// it as an output (the two answers that refusals depend on).
+    fn answers(&self, index: &Index, namespace: &str, secrets: &BTreeSet<String>) -> Answers {
+        if self.affected.is_none() {
+            return Answers::new();
+        }
+        secrets
+            .iter()
+            .filter_map(|secret| {
+                let users = index
+                    .by_secret
+                    .get(&(namespace.to_string(), secret.clone()))?;
+                let outputs = users.output.iter().cloned().collect();
+                Some((
+                    secret.clone(),
+                    (users.holder().map(str::to_string), outputs),
+                ))
+            })
+            .collect()
+    }
+
+    /// Sends the credentials (other than `changed`) whose holder or output
+    /// conflict may have changed with `changed`.
+    fn notify_changes(
+        &self,
+        index: &Index,
+        namespace: &str,
+        secrets: &BTreeSet<String>,
+        before: Answers,
+        changed: &str,
+    ) {
+        let Some(affected) = &self.affected else {
+            return;
+        };
+        let after = self.answers(index, namespace, secrets);
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for secret in secrets {
+            let (old, new) = (before.get(secret), after.get(secret));
+            let holder_changed = old.map(|a| &a.0) != new.map(|a| &a.0);
+            for answer in [old, new].into_iter().flatten() {
+                if holder_changed {
+                    names.extend(answer.0.iter().cloned());
+                }
+                // An input came or went: the credential naming it as its
+                // output may now be refused, or no longer.
+                names.extend(answer.1.iter().cloned());
+            }
+        }
+        for name in names.into_iter().filter(|n| n != changed) {
+            let _ = affected.send(ObjectRef::new(&name).within(namespace));
+        }
+    }
+}
+
+/// Per Secret: its holder, and the credentials naming it as their output.
+type Answers = HashMap<String, (Option<String>, Vec<String>)>;
+
+fn secrets_of(names: &Names) -> BTreeSet<String> {
+    [&names.client, &names.refresh, &names.output]
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+enum Role {
+    Client,
+    Refresh,
+    Output,
+}
+
+fn link(index: &mut Index, namespace: &str, credential: &str, names: &Names) {
+    fn users<'a>(index: &'a mut Index, namespace: &str, secret: &str) -> &'a mut Users {
+        index
+            .by_secret
+            .entry((namespace.to_string(), secret.to_string()))
+            .or_default()
+    }
+    users(index, namespace, &names.client)
+        .client
+        .insert(credential.to_string());
+    users(index, namespace, &names.refresh)
+        .refresh
+        .insert((names.created, credential.to_string()));
+    users(index, namespace, &names.output)
+        .output
+        .insert(credential.to_string());
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
     use crate::resource::{
         ClientSecretRef, OAuthCredentialSpec, Output, Provider, RefreshTokenSecretRef,
     };
 
     fn credential(name: &str, client: &str, refresh: &str, output: &str) -> OAuthCredential {
+        credential_created(name, client, refresh, output, "2026-11-21T19:00:00Z")
+    }
+
+    fn credential_created(
+        name: &str,
+        client: &str,
+        refresh: &str,
+        output: &str,
+        created: &str,
+    ) -> OAuthCredential {
         let mut c = OAuthCredential::new(
             name,
             OAuthCredentialSpec {
@@ -213,6 +445,7 @@ mod tests {
             },
         );
         c.metadata.namespace = Some("ns".into());
+        c.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
         c
     }
 
@@ -246,5 +479,90 @@ mod tests {
         refs.remove(&credential("a", "client", "ra2", "oa"));
         assert!(refs.credentials_for("ns", "client").is_empty());
         assert!(refs.index.read().unwrap().by_secret.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_credential_holds_a_shared_refresh_token_secret() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let refs = SecretReferences::notifying(tx);
+        refs.upsert(&credential_created(
+            "late",
+            "c",
+            "shared",
+            "o1",
+            "2026-11-21T19:05:00Z",
+        ));
+        refs.upsert(&credential_created(
+            "early",
+            "c",
+            "shared",
+            "o2",
+            "2026-11-21T19:00:00Z",
+        ));
+        assert_eq!(
+            refs.refresh_secret_holder("ns", "shared").as_deref(),
+            Some("early")
+        );
+        // "late" held it until "early" came: it is told to look again.
+        assert_eq!(rx.try_recv().unwrap().name, "late");
+        refs.remove(&credential_created(
+            "early",
+            "c",
+            "shared",
+            "o2",
+            "2026-11-21T19:00:00Z",
+        ));
+        assert_eq!(
+            refs.refresh_secret_holder("ns", "shared").as_deref(),
+            Some("late")
+        );
+        assert_eq!(
+            rx.try_recv().unwrap().name,
+            "late",
+            "the new holder is told"
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_output_name_that_is_another_credentials_input_is_found() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let refs = SecretReferences::notifying(tx);
+        refs.upsert(&credential("squatter", "c", "r1", "victim-refresh"));
+        assert_eq!(refs.input_user("ns", "victim-refresh", "squatter"), None);
+        refs.upsert(&credential("victim", "c", "victim-refresh", "o2"));
+        assert_eq!(
+            refs.input_user("ns", "victim-refresh", "squatter")
+                .as_deref(),
+            Some("victim")
+        );
+        assert_eq!(rx.try_recv().unwrap().name, "squatter");
+    }
+
+    #[test]
+    fn versions_are_kept_only_for_referenced_secrets() {
+        let refs = SecretReferences::default();
+        let secret = |name: &str| {
+            let mut s =
+                kube::core::PartialObjectMeta::<k8s_openapi::api::core::v1::Secret>::default();
+            s.metadata.name = Some(name.into());
+            s.metadata.namespace = Some("ns".into());
+            s.metadata.resource_version = Some("7".into());
+            s
+        };
+        refs.upsert(&credential("a", "client", "ra", "oa"));
+        refs.observe_input_secret(
+            InputKind::RefreshToken,
+            &watcher::Event::Apply(secret("ra")),
+        );
+        refs.observe_input_secret(
+            InputKind::RefreshToken,
+            &watcher::Event::Apply(secret("unrelated")),
+        );
+        assert_eq!(refs.version("ns", "ra").as_deref(), Some("7"));
+        assert_eq!(refs.opted_in("ns", "ra"), Some(InputKind::RefreshToken));
+        assert_eq!(refs.version("ns", "unrelated"), None);
+        refs.remove(&credential("a", "client", "ra", "oa"));
+        assert_eq!(refs.sizes(), (0, 0));
     }
 }

@@ -317,6 +317,11 @@ pub struct RefreshTokenState {
     /// key rotation, the ids still listed here are the keys still in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_with: Option<String>,
+    /// Format of the sealed value: `v2` binds it to the credential, its token
+    /// endpoint and its client id; values the operator finds in the older
+    /// `v1` format (bound to the credential only) are re-sealed as `v2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

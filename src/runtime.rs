@@ -21,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::admin::{Admin, Health};
 use crate::clock::SharedClock;
+use crate::endpoint::{AllowedEndpoint, EndpointPolicy};
 use crate::keys::{self, KeySource, Keys, KeysError};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
@@ -45,6 +46,19 @@ pub struct RunArgs {
     /// ::1, localhost). For tests and demos only; never in production.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_ALLOW_INSECURE_LOOPBACK_HTTP")]
     pub allow_insecure_loopback_http: bool,
+
+    /// A token or authorization endpoint credentials may name, besides
+    /// Google's (always allowed): an http(s) URL with a host, an optional
+    /// port (`:*` for any) and an optional path prefix, e.g.
+    /// `https://login.example.com/oauth2/`. Repeat the flag, or separate
+    /// entries with commas in the environment variable.
+    #[arg(
+        long = "allowed-endpoint",
+        env = "OAUTH_TOKEN_OPERATOR_ALLOWED_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub allowed_endpoints: Vec<AllowedEndpoint>,
 
     /// Time allowed to connect to a token endpoint, e.g. `5s`.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -227,12 +241,13 @@ pub async fn start(
     let reload = keys::keep_current(client.clone(), key_source, keys.clone(), keys_changed_tx);
     tasks.spawn(task::SEAL_KEY_RELOAD, never_fails(reload));
 
-    let mut config = controller_config(args, metrics, health, clock);
+    let mut config = controller_config(args, metrics, health, clock, &operator_namespace);
     let (stop_tx, stop) = watch::channel(false);
     info!(
         concurrency = config.concurrency,
         namespace = config.watch_namespace.as_deref().unwrap_or("<all>"),
         insecure_loopback_http = config.token_client.allow_insecure_loopback_http,
+        allowed_endpoints = ?args.allowed_endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
         leader_election = args.leader_election,
         "starting"
     );
@@ -348,6 +363,7 @@ fn controller_config(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     clock: SharedClock,
+    operator_namespace: &str,
 ) -> ControllerConfig {
     ControllerConfig {
         concurrency: args.concurrency,
@@ -364,6 +380,11 @@ fn controller_config(
         endpoint_rate: args.token_endpoint_rate,
         endpoint_burst: args.token_endpoint_burst,
         clock,
+        endpoints: EndpointPolicy {
+            allow_insecure_loopback_http: args.allow_insecure_loopback_http,
+            allowed: args.allowed_endpoints.clone(),
+        },
+        operator_namespace: operator_namespace.to_string(),
     }
 }
 

@@ -5,12 +5,20 @@
 //! value is text, so that it sits in a Secret like any other value:
 //!
 //! ```text
-//! oto-sealed:v1:<key id>:<base64url(24-byte nonce ‖ ciphertext ‖ 16-byte tag)>
+//! oto-sealed:v2:<key id>:<binding>:<base64url(24-byte nonce ‖ ciphertext ‖ 16-byte tag)>
 //! ```
 //!
-//! The associated data binds the value to its key id and to the credential
-//! (namespace and name): a sealed value copied to another credential or
-//! namespace does not open. Pure: no I/O except the system's random source.
+//! The associated data binds the value to its key id, to the credential
+//! (namespace and name), and to where the token may be sent (the token
+//! endpoint and the client id): a sealed value copied to another credential
+//! or namespace does not open, and neither does one whose credential was
+//! edited to name another endpoint or client, so that such an edit needs a
+//! new consent. `<binding>` is a short digest of endpoint and client id, in
+//! clear, only so that this last case can be told apart and explained.
+//!
+//! Values of the first format, `oto-sealed:v1:<key id>:<payload>` (bound to
+//! key id and credential only), still open; the operator re-seals them under
+//! v2 on sight. Pure: no I/O except the system's random source.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,8 +31,12 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Prefix of every sealed value, with the format version.
-pub const SEALED_PREFIX: &str = "oto-sealed:v1:";
+/// Prefix of every sealed value this version writes.
+pub const SEALED_PREFIX: &str = "oto-sealed:v2:";
+/// Prefix of values of the first format, still opened.
+const SEALED_PREFIX_V1: &str = "oto-sealed:v1:";
+/// Hex digits of the binding digest shown in clear.
+const BINDING_TAG_LEN: usize = 12;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 
@@ -94,6 +106,64 @@ pub enum OpenError {
         "the sealed value does not open with key {0:?}: it was altered, or sealed for another credential or namespace"
     )]
     NotAuthentic(String),
+    #[error(
+        "the refresh token was sealed for another token endpoint or client id than the credential names now"
+    )]
+    OtherBinding,
+}
+
+/// What a sealed refresh token is bound to: the credential it belongs to and
+/// where it may be sent.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub token_endpoint: &'a str,
+    pub client_id: &'a str,
+}
+
+impl Binding<'_> {
+    /// The short digest of endpoint and client id shown in the envelope.
+    fn tag(&self) -> String {
+        let text = format!(
+            "oauth-token-operator binding v2\0{}\0{}",
+            self.token_endpoint, self.client_id
+        );
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()[..BINDING_TAG_LEN]
+            .to_string()
+    }
+
+    fn associated_data(&self, key_id: &str) -> Vec<u8> {
+        // NUL separators: none of the parts can contain one.
+        format!(
+            "oauth-token-operator refresh token v2\0{key_id}\0{}\0{}\0{}\0{}",
+            self.namespace, self.name, self.token_endpoint, self.client_id
+        )
+        .into_bytes()
+    }
+}
+
+/// A sealed value's format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Bound to key id and credential only; re-sealed on sight.
+    V1,
+    /// Bound to key id, credential, token endpoint and client id.
+    V2,
+}
+
+/// The parts of a sealed value.
+struct Envelope<'a> {
+    format: Format,
+    key_id: &'a str,
+    /// v2 only.
+    tag: Option<&'a str>,
+    payload: &'a str,
 }
 
 impl KeyRing {
@@ -159,13 +229,13 @@ impl KeyRing {
         self.keys.keys().map(String::as_str).collect()
     }
 
-    /// Seals `plaintext` for the credential `namespace/name` under the primary key.
-    pub fn seal(&self, plaintext: &SecretString, namespace: &str, name: &str) -> String {
+    /// Seals `plaintext` under the primary key, bound to `binding`.
+    pub fn seal(&self, plaintext: &SecretString, binding: &Binding<'_>) -> String {
         let cipher = self
             .cipher(&self.primary)
             .expect("the primary key is in the ring");
         let nonce = XNonce::generate();
-        let aad = associated_data(&self.primary, namespace, name);
+        let aad = binding.associated_data(&self.primary);
         let sealed = cipher
             .encrypt(
                 &nonce,
@@ -179,32 +249,39 @@ impl KeyRing {
         envelope.extend_from_slice(nonce.as_slice());
         envelope.extend_from_slice(&sealed);
         format!(
-            "{SEALED_PREFIX}{}:{}",
+            "{SEALED_PREFIX}{}:{}:{}",
             self.primary,
+            binding.tag(),
             URL_SAFE_NO_PAD.encode(envelope)
         )
     }
 
-    /// Opens a value sealed for `namespace/name`.
+    /// Opens a value sealed for `binding` (a v1 value: for its namespace and
+    /// name). Returns the token and the format it was sealed in.
     pub fn open(
         &self,
         sealed: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<SecretString, OpenError> {
-        let (key_id, payload) = split(sealed)?;
+        binding: &Binding<'_>,
+    ) -> Result<(SecretString, Format), OpenError> {
+        let envelope = split(sealed)?;
         let cipher = self
-            .cipher(key_id)
-            .ok_or_else(|| OpenError::UnknownKey(key_id.to_string()))?;
-        let envelope = URL_SAFE_NO_PAD
-            .decode(payload)
+            .cipher(envelope.key_id)
+            .ok_or_else(|| OpenError::UnknownKey(envelope.key_id.to_string()))?;
+        let aad = match envelope.format {
+            Format::V1 => associated_data_v1(envelope.key_id, binding.namespace, binding.name),
+            Format::V2 if envelope.tag != Some(binding.tag().as_str()) => {
+                return Err(OpenError::OtherBinding);
+            }
+            Format::V2 => binding.associated_data(envelope.key_id),
+        };
+        let bytes = URL_SAFE_NO_PAD
+            .decode(envelope.payload)
             .map_err(|_| OpenError::Malformed)?;
-        if envelope.len() < NONCE_LEN + TAG_LEN {
+        if bytes.len() < NONCE_LEN + TAG_LEN {
             return Err(OpenError::Malformed);
         }
-        let (nonce, ciphertext) = envelope.split_at(NONCE_LEN);
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
         let nonce = XNonce::try_from(nonce).map_err(|_| OpenError::Malformed)?;
-        let aad = associated_data(key_id, namespace, name);
         let plaintext = cipher
             .decrypt(
                 &nonce,
@@ -213,10 +290,11 @@ impl KeyRing {
                     aad: &aad,
                 },
             )
-            .map_err(|_| OpenError::NotAuthentic(key_id.to_string()))?;
-        String::from_utf8(plaintext)
+            .map_err(|_| OpenError::NotAuthentic(envelope.key_id.to_string()))?;
+        let token = String::from_utf8(plaintext)
             .map(SecretString::from)
-            .map_err(|_| OpenError::Malformed)
+            .map_err(|_| OpenError::Malformed)?;
+        Ok((token, envelope.format))
     }
 
     fn cipher(&self, key_id: &str) -> Option<XChaCha20Poly1305> {
@@ -229,23 +307,38 @@ impl KeyRing {
 
 /// The key id a sealed value names, if it is one.
 pub fn key_id_of(value: &str) -> Option<&str> {
-    split(value).ok().map(|(id, _)| id)
+    split(value).ok().map(|e| e.key_id)
 }
 
-fn split(sealed: &str) -> Result<(&str, &str), OpenError> {
-    let rest = sealed
-        .trim()
-        .strip_prefix(SEALED_PREFIX)
-        .ok_or(OpenError::NotSealed)?;
-    let (key_id, payload) = rest.split_once(':').ok_or(OpenError::Malformed)?;
+fn split(sealed: &str) -> Result<Envelope<'_>, OpenError> {
+    let sealed = sealed.trim();
+    let (format, rest) = if let Some(rest) = sealed.strip_prefix(SEALED_PREFIX) {
+        (Format::V2, rest)
+    } else if let Some(rest) = sealed.strip_prefix(SEALED_PREFIX_V1) {
+        (Format::V1, rest)
+    } else {
+        return Err(OpenError::NotSealed);
+    };
+    let (key_id, rest) = rest.split_once(':').ok_or(OpenError::Malformed)?;
     if !valid_key_id(key_id) {
         return Err(OpenError::Malformed);
     }
-    Ok((key_id, payload))
+    let (tag, payload) = match format {
+        Format::V1 => (None, rest),
+        Format::V2 => {
+            let (tag, payload) = rest.split_once(':').ok_or(OpenError::Malformed)?;
+            (Some(tag), payload)
+        }
+    };
+    Ok(Envelope {
+        format,
+        key_id,
+        tag,
+        payload,
+    })
 }
 
-fn associated_data(key_id: &str, namespace: &str, name: &str) -> Vec<u8> {
-    // NUL separators: none of the parts can contain one.
+fn associated_data_v1(key_id: &str, namespace: &str, name: &str) -> Vec<u8> {
     format!("oauth-token-operator refresh token v1\0{key_id}\0{namespace}\0{name}").into_bytes()
 }
 
@@ -266,18 +359,54 @@ mod tests {
         SecretString::from("1//0g-refresh-token-value")
     }
 
+    const ENDPOINT: &str = "https://oauth2.googleapis.com/token";
+
+    fn at<'a>(namespace: &'a str, name: &'a str) -> Binding<'a> {
+        Binding {
+            namespace,
+            name,
+            token_endpoint: ENDPOINT,
+            client_id: "client-1",
+        }
+    }
+
+    fn opened(keys: &KeyRing, sealed: &str, binding: &Binding<'_>) -> Result<String, OpenError> {
+        keys.open(sealed, binding)
+            .map(|(token, _)| token.expose_secret().to_string())
+    }
+
+    /// A value in the first format, as the previous release sealed it.
+    fn seal_v1(keys: &KeyRing, namespace: &str, name: &str) -> String {
+        let cipher = keys.cipher(keys.primary()).unwrap();
+        let nonce = XNonce::generate();
+        let aad = associated_data_v1(keys.primary(), namespace, name);
+        let sealed = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: token().expose_secret().as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        let mut envelope = nonce.as_slice().to_vec();
+        envelope.extend_from_slice(&sealed);
+        format!(
+            "{SEALED_PREFIX_V1}{}:{}",
+            keys.primary(),
+            URL_SAFE_NO_PAD.encode(envelope)
+        )
+    }
+
     #[test]
     fn a_sealed_token_opens_for_its_own_credential() {
         let keys = ring("k1", &["k1"]);
-        let sealed = keys.seal(&token(), "team-a", "gmail");
-        assert!(sealed.starts_with("oto-sealed:v1:k1:"));
+        let sealed = keys.seal(&token(), &at("team-a", "gmail"));
+        assert!(sealed.starts_with("oto-sealed:v2:k1:"));
         assert!(!sealed.contains("refresh-token-value"));
-        assert_eq!(
-            keys.open(&sealed, "team-a", "gmail")
-                .unwrap()
-                .expose_secret(),
-            token().expose_secret()
-        );
+        let (opened, format) = keys.open(&sealed, &at("team-a", "gmail")).unwrap();
+        assert_eq!(opened.expose_secret(), token().expose_secret());
+        assert_eq!(format, Format::V2);
         assert_eq!(key_id_of(&sealed), Some("k1"));
     }
 
@@ -285,23 +414,23 @@ mod tests {
     fn every_seal_uses_a_fresh_nonce() {
         let keys = ring("k1", &["k1"]);
         assert_ne!(
-            keys.seal(&token(), "ns", "c"),
-            keys.seal(&token(), "ns", "c")
+            keys.seal(&token(), &at("ns", "c")),
+            keys.seal(&token(), &at("ns", "c"))
         );
     }
 
     #[test]
     fn a_flipped_bit_anywhere_fails_to_open() {
         let keys = ring("k1", &["k1"]);
-        let sealed = keys.seal(&token(), "ns", "c");
-        let payload = sealed.rsplit_once(':').unwrap().1;
+        let sealed = keys.seal(&token(), &at("ns", "c"));
+        let (head, payload) = sealed.rsplit_once(':').unwrap();
         let bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
         for position in [0, NONCE_LEN, bytes.len() - 1] {
             let mut altered = bytes.clone();
             altered[position] ^= 0x01;
-            let forged = format!("{SEALED_PREFIX}k1:{}", URL_SAFE_NO_PAD.encode(altered));
+            let forged = format!("{head}:{}", URL_SAFE_NO_PAD.encode(altered));
             assert_eq!(
-                keys.open(&forged, "ns", "c").unwrap_err(),
+                opened(&keys, &forged, &at("ns", "c")).unwrap_err(),
                 OpenError::NotAuthentic("k1".into()),
                 "bit at {position}"
             );
@@ -311,32 +440,74 @@ mod tests {
     #[test]
     fn a_value_moved_to_another_namespace_or_credential_fails_to_open() {
         let keys = ring("k1", &["k1"]);
-        let sealed = keys.seal(&token(), "team-a", "gmail");
+        let sealed = keys.seal(&token(), &at("team-a", "gmail"));
         assert!(matches!(
-            keys.open(&sealed, "team-b", "gmail"),
+            opened(&keys, &sealed, &at("team-b", "gmail")),
             Err(OpenError::NotAuthentic(_))
         ));
         assert!(matches!(
-            keys.open(&sealed, "team-a", "drive"),
+            opened(&keys, &sealed, &at("team-a", "drive")),
             Err(OpenError::NotAuthentic(_))
         ));
     }
 
     #[test]
+    fn a_value_for_another_endpoint_or_client_does_not_open_and_says_so() {
+        let keys = ring("k1", &["k1"]);
+        let sealed = keys.seal(&token(), &at("ns", "c"));
+        let elsewhere = Binding {
+            token_endpoint: "https://attacker.example/token",
+            ..at("ns", "c")
+        };
+        assert_eq!(
+            opened(&keys, &sealed, &elsewhere),
+            Err(OpenError::OtherBinding)
+        );
+        let other_client = Binding {
+            client_id: "client-2",
+            ..at("ns", "c")
+        };
+        assert_eq!(
+            opened(&keys, &sealed, &other_client),
+            Err(OpenError::OtherBinding)
+        );
+        // Relabelling the digest does not help: the associated data decides.
+        let relabelled = sealed.replacen(&at("ns", "c").tag(), &elsewhere.tag(), 1);
+        assert_eq!(
+            opened(&keys, &relabelled, &elsewhere),
+            Err(OpenError::NotAuthentic("k1".into()))
+        );
+    }
+
+    #[test]
+    fn a_first_format_value_still_opens_for_its_credential_whatever_the_endpoint() {
+        let keys = ring("k1", &["k1"]);
+        let sealed = seal_v1(&keys, "ns", "c");
+        let (token, format) = keys.open(&sealed, &at("ns", "c")).unwrap();
+        assert_eq!(format, Format::V1);
+        assert_eq!(token.expose_secret(), "1//0g-refresh-token-value");
+        assert!(matches!(
+            opened(&keys, &sealed, &at("ns", "other")),
+            Err(OpenError::NotAuthentic(_))
+        ));
+        assert_eq!(key_id_of(&sealed), Some("k1"));
+    }
+
+    #[test]
     fn a_value_relabelled_with_another_key_id_fails_to_open() {
         let keys = ring("k1", &["k1", "k2"]);
-        let sealed = keys.seal(&token(), "ns", "c");
+        let sealed = keys.seal(&token(), &at("ns", "c"));
         let relabelled = sealed.replacen(":k1:", ":k2:", 1);
         assert!(matches!(
-            keys.open(&relabelled, "ns", "c"),
+            opened(&keys, &relabelled, &at("ns", "c")),
             Err(OpenError::NotAuthentic(_))
         ));
     }
 
     #[test]
     fn an_unknown_key_id_fails_with_a_clear_error() {
-        let sealed = ring("old", &["old"]).seal(&token(), "ns", "c");
-        let error = ring("new", &["new"]).open(&sealed, "ns", "c").unwrap_err();
+        let sealed = ring("old", &["old"]).seal(&token(), &at("ns", "c"));
+        let error = opened(&ring("new", &["new"]), &sealed, &at("ns", "c")).unwrap_err();
         assert_eq!(error, OpenError::UnknownKey("old".into()));
         assert!(
             error
@@ -347,25 +518,33 @@ mod tests {
 
     #[test]
     fn any_key_in_the_ring_opens_and_the_primary_seals() {
-        let before = ring("k1", &["k1"]).seal(&token(), "ns", "c");
+        let before = ring("k1", &["k1"]).seal(&token(), &at("ns", "c"));
         let rotated = ring("k2", &["k1", "k2"]);
-        assert!(rotated.open(&before, "ns", "c").is_ok());
-        assert_eq!(key_id_of(&rotated.seal(&token(), "ns", "c")), Some("k2"));
+        assert!(opened(&rotated, &before, &at("ns", "c")).is_ok());
+        assert_eq!(
+            key_id_of(&rotated.seal(&token(), &at("ns", "c"))),
+            Some("k2")
+        );
     }
 
     #[test]
     fn plaintext_and_garbage_are_not_sealed_values() {
         let keys = ring("k1", &["k1"]);
+        let ns = at("ns", "c");
         assert_eq!(
-            keys.open("1//0g-plaintext", "ns", "c").unwrap_err(),
+            opened(&keys, "1//0g-plaintext", &ns).unwrap_err(),
             OpenError::NotSealed
         );
         assert_eq!(
-            keys.open("oto-sealed:v1:k1:!!!", "ns", "c").unwrap_err(),
+            opened(&keys, "oto-sealed:v1:k1:!!!", &ns).unwrap_err(),
             OpenError::Malformed
         );
         assert_eq!(
-            keys.open("oto-sealed:v1:k1:AAAA", "ns", "c").unwrap_err(),
+            opened(&keys, "oto-sealed:v1:k1:AAAA", &ns).unwrap_err(),
+            OpenError::Malformed
+        );
+        assert_eq!(
+            opened(&keys, "oto-sealed:v2:k1:AAAA", &ns).unwrap_err(),
             OpenError::Malformed
         );
     }
@@ -393,9 +572,9 @@ mod tests {
     #[test]
     fn a_generated_ring_round_trips_through_its_file_format() {
         let generated = KeyRing::generate("k20261121");
-        let sealed = generated.seal(&token(), "ns", "c");
+        let sealed = generated.seal(&token(), &at("ns", "c"));
         let reloaded = KeyRing::from_yaml(generated.to_yaml().expose_secret()).unwrap();
         assert_eq!(reloaded.primary(), "k20261121");
-        assert!(reloaded.open(&sealed, "ns", "c").is_ok());
+        assert!(reloaded.open(&sealed, &at("ns", "c")).is_ok());
     }
 }

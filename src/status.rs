@@ -28,6 +28,12 @@ pub mod reason {
     pub const INVALID_TOKEN_ENDPOINT: &str = "InvalidTokenEndpoint";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const SEALED_TOKEN_UNREADABLE: &str = "SealedTokenUnreadable";
+    pub const SEALED_FOR_ANOTHER_CLIENT: &str = "SealedForAnotherClient";
+    pub const SECRET_NOT_ACCEPTED: &str = "SecretNotAccepted";
+    pub const ENDPOINT_NOT_ALLOWED: &str = "EndpointNotAllowed";
+    pub const NAMESPACE_NOT_SERVED: &str = "NamespaceNotServed";
+    pub const REFRESH_TOKEN_SECRET_SHARED: &str = "RefreshTokenSecretShared";
+    pub const OUTPUT_NAME_IN_USE: &str = "OutputNameInUse";
 }
 
 /// A refresh that succeeded.
@@ -387,7 +393,27 @@ pub fn notices(old: Option<&OAuthCredentialStatus>, new: &OAuthCredentialStatus)
             message: ready.map(|c| c.message.clone()).unwrap_or_default(),
         });
     }
+    for notice in &mut out {
+        notice.message = cap_bytes(&notice.message, MAX_EVENT_NOTE_BYTES);
+    }
     out
+}
+
+/// Kubernetes refuses event notes longer than this many bytes.
+pub const MAX_EVENT_NOTE_BYTES: usize = 1024;
+
+/// `text` cut to at most `limit` bytes of UTF-8 (never inside a character),
+/// an ellipsis marking the cut.
+pub fn cap_bytes(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = limit - ELLIPSIS.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
 }
 
 fn split_scopes(scope: &str) -> Vec<String> {
@@ -704,5 +730,24 @@ mod tests {
         let s = after_conflict(Some(&ok), ts("2026-11-21T19:10:00Z"), 1, "out");
         assert_eq!(s.condition(READY).unwrap().reason, reason::SECRET_CONFLICT);
         assert!(s.refresh_at.is_none());
+    }
+
+    #[test]
+    fn event_notes_are_capped_at_1024_bytes_never_inside_a_character() {
+        let long = "é".repeat(600); // 1,200 bytes
+        let capped = cap_bytes(&long, MAX_EVENT_NOTE_BYTES);
+        assert!(capped.len() <= MAX_EVENT_NOTE_BYTES, "{}", capped.len());
+        assert!(capped.ends_with('…'));
+        assert_eq!(cap_bytes("short", MAX_EVENT_NOTE_BYTES), "short");
+        let mut failing = failed(
+            "2026-11-21T19:00:00Z",
+            FailureCategory::Transient,
+            "ProviderUnavailable",
+        );
+        failing.problem.message = long;
+        let status = after_failure(None, failing);
+        for notice in notices(None, &status) {
+            assert!(notice.message.len() <= MAX_EVENT_NOTE_BYTES);
+        }
     }
 }

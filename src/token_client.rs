@@ -78,7 +78,8 @@ impl TokenClient {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        self.grant(endpoint, client, form, now).await
+        let secrets = [refresh_token.expose_secret()];
+        self.grant(endpoint, client, form, &secrets, now).await
     }
 
     /// Exchanges an authorization code, with the PKCE verifier and the
@@ -99,17 +100,28 @@ impl TokenClient {
             ("code_verifier", code_verifier.expose_secret()),
             ("redirect_uri", redirect_uri),
         ];
-        self.grant(endpoint, client, form, now).await
+        let secrets = [code.expose_secret(), code_verifier.expose_secret()];
+        self.grant(endpoint, client, form, &secrets, now).await
     }
 
-    /// Posts a grant with the client's authentication and classifies the answer.
+    /// Posts a grant with the client's authentication and classifies the
+    /// answer, with every secret the request carried (`secrets`, the client's
+    /// id and secret, the Basic credentials) scrubbed from provider text.
     async fn grant(
         &self,
         endpoint: &TokenEndpoint,
         client: &ClientCredentials,
         mut form: Vec<(&str, &str)>,
+        secrets: &[&str],
         now: impl Fn() -> Timestamp,
     ) -> Result<Token, Failure> {
+        let mut sent: Vec<String> = Vec::new();
+        for secret in secrets.iter().copied().chain([
+            client.client_id.as_str(),
+            client.client_secret.expose_secret(),
+        ]) {
+            sent.extend(classify::sent_forms(secret));
+        }
         let mut request = self
             .http
             .post(endpoint.url().clone())
@@ -127,6 +139,10 @@ impl TokenClient {
                     client.client_secret.expose_secret().as_bytes(),
                 )
                 .collect();
+                sent.push(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{id}:{secret}"),
+                ));
                 request = request.basic_auth(id, Some(secret));
             }
         }
@@ -144,6 +160,7 @@ impl TokenClient {
                 retry_after: retry_after.as_deref(),
                 body: &body,
                 truncated,
+                sent_secrets: &sent,
             },
             now(),
         )

@@ -1,18 +1,21 @@
 //! Gather: what a reconcile reads before it decides or acts. The credential
 //! as of our own last status write, the output Secret's owner, the versions
 //! of the input Secrets, and (only when a refresh is planned) the input
-//! Secrets themselves.
+//! Secrets themselves, and of those only the ones that opted in: the data of
+//! a Secret without an input's `type` never crosses the wire.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::{Context, Error, kube_err};
 use crate::decision::OutputSecret;
-use crate::input_secrets::version_of;
+use crate::endpoint::TokenEndpoint;
+use crate::input_secrets::{InputKind, InputSecret, version_of};
 use crate::output_secret;
 use crate::resource::{Inputs, OAuthCredential};
 use crate::seal::KeyRing;
@@ -20,8 +23,8 @@ use crate::validate;
 
 /// The input Secrets of a refresh, as read.
 pub(super) struct Gathered {
-    pub client_secret: Option<Secret>,
-    pub refresh_secret: Option<Secret>,
+    pub client_secret: InputSecret,
+    pub refresh_secret: InputSecret,
     pub inputs: Inputs,
 }
 
@@ -31,17 +34,17 @@ impl Gathered {
         &'a self,
         credential: &'a OAuthCredential,
         namespace: &'a str,
+        endpoint: &'a TokenEndpoint,
         keys: &'a KeyRing,
-        allow_insecure_loopback_http: bool,
     ) -> validate::Input<'a> {
         validate::Input {
             namespace,
             name: credential.metadata.name.as_deref().unwrap_or_default(),
             spec: &credential.spec,
-            client_secret: self.client_secret.as_ref(),
-            refresh_secret: self.refresh_secret.as_ref(),
+            endpoint,
+            client_secret: &self.client_secret,
+            refresh_secret: &self.refresh_secret,
             keys,
-            allow_insecure_loopback_http,
         }
     }
 }
@@ -137,32 +140,120 @@ impl Context {
     /// Reads the input Secrets of a refresh. A rotated token that an earlier
     /// attempt received but could not store is the grant's only valid token:
     /// it is stored before anything else, and the old one never exchanged.
-    pub(super) async fn gather(&self, credential: &OAuthCredential) -> Result<Gathered, Error> {
+    pub(super) async fn gather(
+        &self,
+        credential: &OAuthCredential,
+        endpoint: &TokenEndpoint,
+    ) -> Result<Gathered, Error> {
         let ns = credential.namespace().unwrap_or_default();
         let spec = &credential.spec;
-        let secrets = self.secrets(&ns);
-        let client_secret = secrets
-            .get_opt(&spec.client_secret_ref.name)
-            .await
-            .map_err(kube_err("read client Secret"))?;
-        let mut refresh_secret = secrets
-            .get_opt(&spec.refresh_token_secret_ref.name)
-            .await
-            .map_err(kube_err("read refresh-token Secret"))?;
+        let client_secret = self
+            .read_input(&ns, &spec.client_secret_ref.name, InputKind::Client)
+            .await?;
+        let refresh_name = &spec.refresh_token_secret_ref.name;
+        let mut refresh_secret = self
+            .read_input(&ns, refresh_name, InputKind::RefreshToken)
+            .await?;
         if let Some(rotated) = self.memory.take_unstored_rotation(credential) {
+            let current = refresh_secret.accepted().cloned();
+            self.store_unstored_rotation(credential, current, rotated, &client_secret, endpoint)
+                .await?;
             refresh_secret = self
-                .store_unstored_rotation(credential, refresh_secret, rotated)
+                .read_input(&ns, refresh_name, InputKind::RefreshToken)
                 .await?;
         }
         let inputs = Inputs {
             generation: credential.metadata.generation.unwrap_or(0),
-            client_secret_version: version_of(client_secret.as_ref()),
-            refresh_token_secret_version: version_of(refresh_secret.as_ref()),
+            client_secret_version: self.version_read(
+                &ns,
+                &spec.client_secret_ref.name,
+                &client_secret,
+            ),
+            refresh_token_secret_version: self.version_read(&ns, refresh_name, &refresh_secret),
         };
         Ok(Gathered {
             client_secret,
             refresh_secret,
             inputs,
+        })
+    }
+
+    /// The version of an input Secret as just read.
+    fn version_read(&self, namespace: &str, name: &str, secret: &InputSecret) -> String {
+        match secret {
+            InputSecret::Accepted(secret) => version_of(Some(secret)),
+            InputSecret::Missing => String::new(),
+            InputSecret::NotAccepted => {
+                self.references.version(namespace, name).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Reads the Secret `name` as an input of `kind`: its data only if it
+    /// opted in (its `type` says it is such an input). A Secret the input
+    /// watches reported is read; any other is asked for with a field selector
+    /// on its type, so that a Secret that did not opt in is returned by
+    /// nobody, and only its metadata is then read to tell "not an input" from
+    /// "absent".
+    pub(super) async fn read_input(
+        &self,
+        namespace: &str,
+        name: &str,
+        kind: InputKind,
+    ) -> Result<InputSecret, Error> {
+        let secrets = self.secrets(namespace);
+        let found = if self.references.opted_in(namespace, name) == Some(kind) {
+            let read = secrets
+                .get_opt(name)
+                .await
+                .map_err(kube_err("read input Secret"))?;
+            match read {
+                Some(secret) => secret,
+                None => {
+                    self.references.remember(namespace, name, "", None);
+                    return Ok(InputSecret::Missing);
+                }
+            }
+        } else {
+            let selector = format!("metadata.name={name},type={}", kind.secret_type());
+            let params = ListParams::default().fields(&selector);
+            let listed = secrets
+                .list(&params)
+                .await
+                .map_err(kube_err("look up input Secret by type"))?;
+            match listed.items.into_iter().next() {
+                Some(secret) => secret,
+                None => return self.not_an_input(namespace, name).await,
+            }
+        };
+        // Checked again: the type is fixed at creation, but the Secret may
+        // have been deleted and re-created since a watch reported it.
+        if !kind.accepts(&found) {
+            self.references
+                .remember(namespace, name, &version_of(Some(&found)), None);
+            return Ok(InputSecret::NotAccepted);
+        }
+        let version = version_of(Some(&found));
+        self.references
+            .remember(namespace, name, &version, Some(kind));
+        Ok(InputSecret::Accepted(Box::new(found)))
+    }
+
+    /// Whether a Secret that is not an input exists, from its metadata only.
+    async fn not_an_input(&self, namespace: &str, name: &str) -> Result<InputSecret, Error> {
+        let meta = self
+            .secrets(namespace)
+            .get_metadata_opt(name)
+            .await
+            .map_err(kube_err("read Secret metadata"))?;
+        let version = meta
+            .as_ref()
+            .and_then(|m| m.metadata.resource_version.clone())
+            .unwrap_or_default();
+        self.references.remember(namespace, name, &version, None);
+        Ok(match meta {
+            Some(_) => InputSecret::NotAccepted,
+            None => InputSecret::Missing,
         })
     }
 

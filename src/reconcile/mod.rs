@@ -1,14 +1,21 @@
 //! The reconcile loop: the I/O shell around the pure core. One reconcile of
 //! one credential runs these stages, each in its own file:
 //!
-//! 1. **gather** (`gather`): the credential as of our last write, the output
-//!    Secret's owner, and, only when a refresh is planned, the input Secrets;
-//!    the stored refresh token is kept sealed first (`sealing`);
-//! 2. **validate** (`crate::validate`, pure): client, refresh token, endpoint;
+//! 1. **admit** (`crate::validate::admit`, pure, before any Secret is read):
+//!    the namespace is served, the endpoints allowed, the refresh-token Secret
+//!    this credential's alone, its output name no other credential's input;
+//! 2. **gather** (`gather`): the credential as of our last write, the output
+//!    Secret's owner, and, only when a refresh is planned, the input Secrets
+//!    that opted in (their `type`); the stored refresh token is kept sealed
+//!    first (`sealing`);
+//!    then **validate** (`crate::validate`, pure): client, refresh token;
 //! 3. **decide** (`crate::decision`, pure): whether to call the token endpoint;
 //! 4. **act** (`refresh`): rate-limit gate, fence, token call, rotated token
 //!    stored first, then the output Secret;
 //! 5. **record** (`write`): status, events, and when to come back.
+//!
+//! The operator writes only its own output Secrets and refresh-token Secrets
+//! that opted in; it sends tokens only to endpoints the platform allows.
 //!
 //! `watches` sets up the caches and watches that feed it. Writes: an idle
 //! reconcile writes nothing; a refresh writes the output Secret and the
@@ -41,6 +48,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::backlog::Backlog;
 use crate::clock::SharedClock;
 use crate::decision::{self, Plan, View};
+use crate::endpoint::{EndpointPolicy, TokenEndpoint};
 use crate::keys::Keys;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
@@ -48,6 +56,7 @@ use crate::references::SecretReferences;
 use crate::resource::{FORCE_REFRESH_ANNOTATION, OAuthCredential};
 use crate::schedule;
 use crate::token_client::TokenClient;
+use crate::validate;
 
 pub use watches::{ControllerConfig, Stopped, run};
 
@@ -66,7 +75,10 @@ pub struct Context {
     fence: Fence,
     metrics: Arc<Metrics>,
     clock: SharedClock,
-    allow_insecure_loopback_http: bool,
+    /// Where tokens may be sent.
+    endpoints: EndpointPolicy,
+    /// The operator's own namespace, never served.
+    operator_namespace: String,
     /// What this process remembers per credential between reconciles.
     memory: memory::Memory,
     /// Token-endpoint calls per second per host (the rate limit).
@@ -93,13 +105,17 @@ pub enum Error {
     RotationNotStored(u32),
     #[error("the refresh-token Secret was deleted while a refresh token was being stored in it")]
     RefreshTokenSecretGone,
+    #[error("the refresh-token Secret changed while a refresh token was being stored in it")]
+    RefreshTokenSecretChanged,
 }
 
 impl Error {
     /// A fixed, small set, for logs and metrics.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube { .. } | Error::RefreshTokenSecretGone => "kubernetes-api",
+            Error::Kube { .. }
+            | Error::RefreshTokenSecretGone
+            | Error::RefreshTokenSecretChanged => "kubernetes-api",
             Error::RotationNotStored(_) => "rotation-conflict",
         }
     }
@@ -124,9 +140,14 @@ pub async fn reconcile(
 
 /// The stages, in order.
 async fn stages(credential: Arc<OAuthCredential>, ctx: &Context) -> Result<Action, Error> {
-    // Gather: our own latest status, a sealed refresh token, the output's owner.
     let credential = ctx.current(credential);
-    let credential = ctx.keep_sealed(credential).await?;
+    // Admit, before any Secret is read.
+    let endpoint = match ctx.admit(&credential) {
+        Ok(endpoint) => endpoint,
+        Err(refused) => return ctx.refuse(&credential, &refused).await,
+    };
+    // Gather: a sealed refresh token, the output's owner.
+    let credential = ctx.keep_sealed(credential, &endpoint).await?;
     let output = ctx.output_secret(&credential).await?;
     // Decide.
     let now = ctx.now();
@@ -148,13 +169,13 @@ async fn stages(credential: Arc<OAuthCredential>, ctx: &Context) -> Result<Actio
             if ctx.input_versions(&credential).await? == since {
                 ctx.settle(&credential, now, retry_at).await
             } else {
-                ctx.refresh(&credential, output, decision::RefreshReason::InputsChanged)
-                    .await
+                let why = decision::RefreshReason::InputsChanged;
+                ctx.refresh(&credential, &endpoint, output, why).await
             }
         }
-        Plan::Refresh(reason) => match ctx.step_aside(&credential) {
+        Plan::Refresh(reason) => match ctx.step_aside(&credential, &endpoint) {
             Some(delay) => Ok(Action::requeue(delay)),
-            None => ctx.refresh(&credential, output, reason).await,
+            None => ctx.refresh(&credential, &endpoint, output, reason).await,
         },
     }?;
     ctx.memory.mark_scheduled(&credential, &ctx.metrics);
@@ -188,6 +209,30 @@ pub fn error_policy(credential: Arc<OAuthCredential>, error: &Error, ctx: Arc<Co
 }
 
 impl Context {
+    /// Admission: whether this credential may lead to any read, write or
+    /// call at all; its token endpoint if so.
+    fn admit(&self, credential: &OAuthCredential) -> Result<TokenEndpoint, validate::Invalid> {
+        let namespace = credential.namespace().unwrap_or_default();
+        let name = credential.name_any();
+        let spec = &credential.spec;
+        let holder = self
+            .references
+            .refresh_secret_holder(&namespace, &spec.refresh_token_secret_ref.name)
+            .filter(|holder| *holder != name);
+        let user = self
+            .references
+            .input_user(&namespace, &spec.output.secret_name, &name);
+        validate::admit(&validate::Admission {
+            namespace: &namespace,
+            name: &name,
+            spec,
+            operator_namespace: &self.operator_namespace,
+            policy: &self.endpoints,
+            refresh_secret_holder: holder.as_deref(),
+            output_used_by: user.as_deref(),
+        })
+    }
+
     /// The current time in whole seconds: status stores whole seconds, and a
     /// status rebuilt from the same facts must compare equal to the stored one.
     fn now(&self) -> Timestamp {

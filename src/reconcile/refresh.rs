@@ -10,17 +10,19 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::gather::Gathered;
+use super::sealing::SEALED_FORMAT;
 use super::{Context, Error, FIELD_MANAGER, force_annotation, kube_err};
 use crate::classify::{self, Token};
 use crate::decision::{self, OutputSecret, RefreshReason};
+use crate::endpoint::TokenEndpoint;
 use crate::input_secrets::version_of;
 use crate::output_secret;
 use crate::resource::{OAuthCredential, RefreshTokenState};
 use crate::schedule;
-use crate::seal::KeyRing;
+use crate::seal::{Format, KeyRing};
 use crate::status::Attempt;
 use crate::validate::{self, Ready};
 
@@ -59,10 +61,11 @@ impl Context {
     pub(super) async fn refresh(
         &self,
         credential: &OAuthCredential,
+        endpoint: &TokenEndpoint,
         output: OutputSecret,
         why: RefreshReason,
     ) -> Result<Action, Error> {
-        let gathered = self.gather(credential).await?;
+        let gathered = self.gather(credential, endpoint).await?;
         let attempt = Attempt {
             now: self.now(),
             generation: credential.metadata.generation.unwrap_or(0),
@@ -74,12 +77,13 @@ impl Context {
         };
         let keys = self.keys.current();
         let ns = credential.namespace().unwrap_or_default();
-        let input = gathered.input(credential, &ns, &keys, self.allow_insecure_loopback_http);
+        let input = gathered.input(credential, &ns, endpoint, &keys);
         let ready = match validate::validate(&input) {
             Ok(ready) => ready,
             Err(invalid) => {
+                let problem = (&invalid).into();
                 return self
-                    .record_failure(credential, attempt, (&invalid).into(), None, why)
+                    .record_failure(credential, attempt, problem, None, why.as_str())
                     .await;
             }
         };
@@ -166,22 +170,38 @@ impl Context {
         token: &Token,
         keys: &KeyRing,
     ) -> Result<RefreshTokenState, Error> {
+        let current = gathered.refresh_secret.accepted();
         let unchanged = RefreshTokenState {
-            secret_version: version_of(gathered.refresh_secret.as_ref()),
-            sealed_with: ready.sealed_with.clone(),
+            secret_version: version_of(current),
+            sealed_with: ready.sealed_with.as_ref().map(|(id, _)| id.clone()),
+            format: ready
+                .sealed_with
+                .as_ref()
+                .map(|(_, format)| format_name(*format)),
         };
-        let (Some(rotated), Some(current)) = (&token.refresh_token, &gathered.refresh_secret)
-        else {
+        let (Some(rotated), Some(current)) = (&token.refresh_token, current) else {
             return Ok(unchanged);
         };
+        let ns = credential.namespace().unwrap_or_default();
+        let name = credential.name_any();
+        let binding = validate::binding(&ns, &name, &ready.endpoint, &ready.client.client_id);
         match self
-            .store_sealed(credential, current.clone(), rotated, keys)
+            .store_sealed(credential, current, rotated, keys, &binding)
             .await
         {
             Ok(version) => Ok(RefreshTokenState {
                 secret_version: version,
                 sealed_with: Some(keys.primary().to_string()),
+                format: Some(SEALED_FORMAT.into()),
             }),
+            Err(Error::RefreshTokenSecretChanged) => {
+                // A person (or authorize) stored a new grant's token while
+                // this refresh ran: it wins, and the next reconcile uses it.
+                warn!(
+                    "the refresh-token Secret got a new token during the refresh; keeping that one"
+                );
+                Ok(unchanged)
+            }
             Err(error) => {
                 // Kept in memory and stored first on the next attempt.
                 self.memory
@@ -231,15 +251,14 @@ impl Context {
     /// whether enough credentials whose tokens expire sooner are waiting that
     /// this one should come back later (see `backlog`). Decided before any
     /// read.
-    pub(super) fn step_aside(&self, credential: &OAuthCredential) -> Option<Duration> {
+    pub(super) fn step_aside(
+        &self,
+        credential: &OAuthCredential,
+        endpoint: &TokenEndpoint,
+    ) -> Option<Duration> {
         if self.backlog.lock().expect("lock").is_empty() {
             return None;
         }
-        let endpoint = crate::endpoint::TokenEndpoint::from_provider(
-            &credential.spec.provider,
-            self.allow_insecure_loopback_http,
-        )
-        .ok()?;
         self.defer(credential, endpoint.host(), self.clock.instant(), false)
     }
 
@@ -321,5 +340,13 @@ fn backlog_place(credential: &OAuthCredential, now: Timestamp) -> i64 {
         Some(expiry) if expiry.0 > now => expiry.0.as_second(),
         Some(expiry) => AFTER_EVERY_VALID_TOKEN + expiry.0.as_second(),
         None => AFTER_EVERY_VALID_TOKEN,
+    }
+}
+
+/// The sealed format as status records it.
+fn format_name(format: Format) -> String {
+    match format {
+        Format::V1 => "v1".into(),
+        Format::V2 => SEALED_FORMAT.into(),
     }
 }

@@ -1,33 +1,48 @@
-//! Keeps stored refresh tokens sealed under the primary key, and stores
-//! rotated ones. What to do is decided by `input_secrets::seal_action`; this
-//! file reads the Secret, performs the action, and records it in status.
+//! Keeps stored refresh tokens sealed under the primary key in the current
+//! format, and stores rotated ones. What to do is decided by
+//! `input_secrets::seal_action`; this file reads the Secret, performs the
+//! action, and records it in status.
+//!
+//! Every write goes to a refresh-token Secret that opted in (its type), under
+//! the resourceVersion of the read it was decided on. On a conflict the Secret
+//! is read again; if its token changed meanwhile (a person, `authorize`, or
+//! another writer stored a new one), nothing is written and the next
+//! reconcile decides afresh: a newer token is never overwritten.
 
 use std::sync::Arc;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::PostParams;
 use secrecy::SecretString;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Context, Error, FIELD_MANAGER, kube_err};
-use crate::input_secrets::{self, SealAction, version_of};
+use crate::endpoint::TokenEndpoint;
+use crate::input_secrets::{
+    self, InputKind, InputSecret, SealAction, Stored, sealed_key, version_of,
+};
 use crate::refresh_token_store::{self, StoreError};
 use crate::resource::{OAuthCredential, OAuthCredentialStatus, RefreshTokenState};
-use crate::seal::KeyRing;
+use crate::seal::{Binding, KeyRing};
+use crate::validate;
 
 /// Writes to a refresh-token Secret tried before giving up on conflicts.
 const STORE_ATTEMPTS: u32 = 5;
+/// The sealed format this version writes, as recorded in status.
+pub(super) const SEALED_FORMAT: &str = "v2";
 
 impl Context {
     /// Keeps the stored refresh token sealed under the primary key: a
     /// plaintext token (put there by a person) is sealed in place on first
-    /// sight and its plaintext key removed; a token sealed under another key is
-    /// re-sealed. Reads the Secret only when its version differs from the one
-    /// last seen, or the primary key changed.
+    /// sight and its plaintext key removed; a token sealed under another key,
+    /// or in the first format, is re-sealed. Reads the Secret only when its
+    /// version differs from the one last seen, or the key or format changed.
     pub(super) async fn keep_sealed(
         &self,
         credential: Arc<OAuthCredential>,
+        endpoint: &TokenEndpoint,
     ) -> Result<Arc<OAuthCredential>, Error> {
         let keys = self.keys.current();
         let name = &credential.spec.refresh_token_secret_ref.name;
@@ -38,30 +53,35 @@ impl Context {
             .and_then(|s| s.refresh_token.as_ref());
         let seen = known.is_some_and(|k| k.secret_version == version)
             || self.memory.inspected(&credential).as_ref() == Some(&version);
-        let stale_key = known
-            .and_then(|k| k.sealed_with.as_deref())
-            .is_some_and(|id| id != keys.primary());
-        if version.is_empty() || (seen && !stale_key) {
+        let stale = known.is_some_and(|k| {
+            k.sealed_with
+                .as_deref()
+                .is_some_and(|id| id != keys.primary())
+                || (k.sealed_with.is_some() && k.format.as_deref() != Some(SEALED_FORMAT))
+        });
+        if version.is_empty() || (seen && !stale) {
             return Ok(credential);
         }
         let ns = credential.namespace().unwrap_or_default();
-        let Some(secret) = self
-            .secrets(&ns)
-            .get_opt(name)
-            .await
-            .map_err(kube_err("read refresh-token Secret"))?
+        let InputSecret::Accepted(secret) =
+            self.read_input(&ns, name, InputKind::RefreshToken).await?
         else {
+            // Absent or not an input: nothing to seal, reported when a
+            // refresh is attempted.
+            self.memory.mark_inspected(&credential, version);
             return Ok(credential);
         };
         let stored = input_secrets::stored_refresh_token(
             Some(&secret),
             &credential.spec.refresh_token_secret_ref.key,
-            &keys,
-            &ns,
-            &credential.name_any(),
         );
-        let recorded = known.map(|k| k.sealed_with.as_deref());
-        match input_secrets::seal_action(stored, recorded, keys.primary()) {
+        // A key recorded for an older format counts as none recorded.
+        let recorded = known.map(|k| {
+            k.sealed_with
+                .as_deref()
+                .filter(|_| k.format.as_deref() == Some(SEALED_FORMAT))
+        });
+        match input_secrets::seal_action(&stored, recorded, keys.primary()) {
             SealAction::Remember => {
                 self.memory
                     .mark_inspected(&credential, version_of(Some(&secret)));
@@ -71,25 +91,55 @@ impl Context {
                 let status = with_refresh_token(&credential, version_of(Some(&secret)), key_id);
                 self.with_status(credential, status).await
             }
-            SealAction::Seal { token, resealing } => {
-                self.seal_in_place(credential, secret, &token, resealing, &keys)
+            action @ (SealAction::Seal | SealAction::Reseal) => {
+                let resealing = action == SealAction::Reseal;
+                self.seal_in_place(credential, *secret, &stored, resealing, endpoint, &keys)
                     .await
             }
         }
     }
 
-    /// Writes `token` sealed into the Secret it was read from, and records
-    /// the new version and key in status.
+    /// Seals the stored token, bound to the credential's endpoint and client,
+    /// into the Secret it was read from, and records the new version and key
+    /// in status. Waits (writes nothing) while the client is not readable,
+    /// and leaves a token that does not open to the refresh to report.
     async fn seal_in_place(
         &self,
         credential: Arc<OAuthCredential>,
         secret: Secret,
-        token: &SecretString,
+        stored: &Stored,
         resealing: bool,
+        endpoint: &TokenEndpoint,
         keys: &KeyRing,
     ) -> Result<Arc<OAuthCredential>, Error> {
+        let ns = credential.namespace().unwrap_or_default();
+        let client = self
+            .read_input(
+                &ns,
+                &credential.spec.client_secret_ref.name,
+                InputKind::Client,
+            )
+            .await?;
+        let Some(client_id) = client_id(&credential, &client) else {
+            return Ok(credential);
+        };
+        let name = credential.name_any();
+        let binding = validate::binding(&ns, &name, endpoint, &client_id);
+        let Some(Ok((token, _))) = input_secrets::open_stored(stored, keys, &binding) else {
+            self.memory
+                .mark_inspected(&credential, version_of(Some(&secret)));
+            return Ok(credential);
+        };
         let read_version = version_of(Some(&secret));
-        let new_version = self.store_sealed(&credential, secret, token, keys).await?;
+        let new_version = match self
+            .store_sealed(&credential, &secret, &token, keys, &binding)
+            .await
+        {
+            Ok(version) => version,
+            // Changed since read: the next reconcile looks at the new token.
+            Err(Error::RefreshTokenSecretChanged) => return Ok(credential),
+            Err(error) => return Err(error),
+        };
         info!(
             key_id = keys.primary(),
             resealed = resealing,
@@ -109,61 +159,81 @@ impl Context {
     }
 
     /// Stores a rotated refresh token that an earlier attempt could not
-    /// store; returns the refresh-token Secret as it now is. Kept in memory
-    /// again when it still cannot be stored.
+    /// store. Kept in memory again when it still cannot be stored.
     pub(super) async fn store_unstored_rotation(
         &self,
         credential: &OAuthCredential,
-        refresh_secret: Option<Secret>,
+        current: Option<Secret>,
         rotated: SecretString,
-    ) -> Result<Option<Secret>, Error> {
-        let Some(current) = refresh_secret else {
+        client: &InputSecret,
+        endpoint: &TokenEndpoint,
+    ) -> Result<(), Error> {
+        let (Some(current), Some(client_id)) = (current, client_id(credential, client)) else {
             self.memory.keep_unstored_rotation(credential, rotated);
-            return Ok(None);
+            return Ok(());
         };
+        let ns = credential.namespace().unwrap_or_default();
+        let name = credential.name_any();
+        let binding = validate::binding(&ns, &name, endpoint, &client_id);
         let keys = self.keys.current();
-        if let Err(error) = self
-            .store_sealed(credential, current, &rotated, &keys)
+        match self
+            .store_sealed(credential, &current, &rotated, &keys, &binding)
             .await
         {
-            self.memory.keep_unstored_rotation(credential, rotated);
-            return Err(error);
+            Ok(_) => Ok(()),
+            Err(Error::RefreshTokenSecretChanged) => {
+                warn!(
+                    "a new refresh token was stored while a rotated one waited; keeping the new one"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                self.memory.keep_unstored_rotation(credential, rotated);
+                Err(error)
+            }
         }
-        let ns = credential.namespace().unwrap_or_default();
-        self.secrets(&ns)
-            .get_opt(&credential.spec.refresh_token_secret_ref.name)
-            .await
-            .map_err(kube_err("read refresh-token Secret"))
     }
 
-    /// Writes the refresh token, sealed under the primary key, into the
-    /// refresh-token Secret (removing any plaintext copy), under a
-    /// resourceVersion precondition; on a conflict it re-reads and writes the
-    /// same token again, never exchanging anything a second time. Returns the
+    /// Writes the refresh token, sealed under the primary key for `binding`,
+    /// into the refresh-token Secret as `read` (removing any plaintext copy),
+    /// under `read`'s resourceVersion. On a conflict it reads the Secret
+    /// again and writes the same token only if the stored token is still the
+    /// one `read` held; never exchanging anything a second time. Returns the
     /// Secret's new resourceVersion.
     pub(super) async fn store_sealed(
         &self,
         credential: &OAuthCredential,
-        current: Secret,
+        read: &Secret,
         token: &SecretString,
         keys: &KeyRing,
+        binding: &Binding<'_>,
     ) -> Result<String, Error> {
         let ns = credential.namespace().unwrap_or_default();
         let key = &credential.spec.refresh_token_secret_ref.key;
-        let name = current.name_any();
-        let sealed = keys.seal(token, &ns, &credential.name_any());
+        let name = read.name_any();
+        let sealed = keys.seal(token, binding);
+        let decided_on = token_fields(read, key);
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
+        let mut changed = false;
         let stored = refresh_token_store::write(
             &self.secrets(&ns),
             &name,
             &params,
-            Some(current),
+            Some(read.clone()),
             STORE_ATTEMPTS,
-            // Deleted meanwhile: nothing to seal into.
-            |read| read.map(|secret| input_secrets::with_sealed_token(secret, key, &sealed)),
+            |current| {
+                // Never a Secret that did not opt in; never over a token
+                // that is not the one this write was decided on.
+                let current = current.filter(|s| InputKind::RefreshToken.accepts(s))?;
+                if token_fields(&current, key) != decided_on {
+                    changed = true;
+                    return None;
+                }
+                Some(input_secrets::with_sealed_token(current, key, &sealed))
+            },
         )
         .await;
         match stored {
@@ -172,11 +242,28 @@ impl Context {
                 self.references.remember_version(&ns, &name, &version);
                 Ok(version)
             }
+            Ok(None) if changed => Err(Error::RefreshTokenSecretChanged),
             Ok(None) => Err(Error::RefreshTokenSecretGone),
             Err(StoreError::Conflicts(n)) => Err(Error::RotationNotStored(n)),
             Err(StoreError::Kube(error)) => Err(kube_err("store the sealed refresh token")(error)),
         }
     }
+}
+
+/// The client id, when the client Secret is an input and complete.
+fn client_id(credential: &OAuthCredential, client: &InputSecret) -> Option<String> {
+    input_secrets::client_credentials(client.accepted(), &credential.spec.client_secret_ref)
+        .ok()
+        .map(|c| c.client_id)
+}
+
+/// The two values that hold a stored refresh token.
+fn token_fields(secret: &Secret, key: &str) -> [Option<ByteString>; 2] {
+    let data = secret.data.as_ref();
+    [
+        data.and_then(|d| d.get(key).cloned()),
+        data.and_then(|d| d.get(&sealed_key(key)).cloned()),
+    ]
 }
 
 /// The credential's status with the refresh-token Secret's version and key.
@@ -189,6 +276,7 @@ fn with_refresh_token(
     status.refresh_token = Some(RefreshTokenState {
         secret_version,
         sealed_with: Some(sealed_with),
+        format: Some(SEALED_FORMAT.into()),
     });
     status
 }

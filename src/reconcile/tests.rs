@@ -27,6 +27,8 @@ use tower_test::mock::{Handle, SendResponse};
 use super::{Context, ControllerConfig, reconcile};
 use crate::admin::Health;
 use crate::clock::{ManualClock, SharedClock};
+use crate::endpoint::EndpointPolicy;
+use crate::input_secrets::{CLIENT_SECRET_TYPE, InputKind, REFRESH_TOKEN_SECRET_TYPE};
 use crate::keys::Keys;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
@@ -35,7 +37,7 @@ use crate::resource::{
     ClientAuthentication, ClientSecretRef, OAuthCredential, OAuthCredentialSpec,
     OAuthCredentialStatus, Output, Provider, READY, RefreshTokenSecretRef, RefreshTokenState,
 };
-use crate::seal::KeyRing;
+use crate::seal::{Binding, KeyRing};
 use crate::status::{self, Success};
 use crate::token_client::TokenClientConfig;
 
@@ -133,6 +135,7 @@ fn refreshed_status(issued: &str, expires: &str, due: &str) -> OAuthCredentialSt
             refresh_token: RefreshTokenState {
                 secret_version: "7".into(),
                 sealed_with: Some("k1".into()),
+                format: Some("v2".into()),
             },
         },
     );
@@ -141,8 +144,9 @@ fn refreshed_status(issued: &str, expires: &str, due: &str) -> OAuthCredentialSt
     status
 }
 
-fn secret(name: &str, version: &str, data: &[(&str, &str)]) -> Secret {
+fn secret(name: &str, type_: &str, version: &str, data: &[(&str, &str)]) -> Secret {
     Secret {
+        type_: Some(type_.into()),
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(NS.into()),
@@ -161,14 +165,28 @@ fn secret(name: &str, version: &str, data: &[(&str, &str)]) -> Secret {
 fn client_secret() -> Secret {
     secret(
         "client",
+        CLIENT_SECRET_TYPE,
         "5",
         &[("client_id", "id"), ("client_secret", "client-secret")],
     )
 }
 
-fn refresh_secret(version: &str) -> Secret {
-    let sealed = keys().seal(&SecretString::from("refresh-1"), NS, NAME);
-    secret("refresh", version, &[("refresh_token.sealed", &sealed)])
+/// The refresh-token Secret, its token sealed for `endpoint` and client `id`.
+fn refresh_secret(endpoint: &Endpoint, version: &str) -> Secret {
+    let url = format!("http://{}/token", endpoint.address);
+    let binding = Binding {
+        namespace: NS,
+        name: NAME,
+        token_endpoint: &url,
+        client_id: "id",
+    };
+    let sealed = keys().seal(&SecretString::from("refresh-1"), &binding);
+    secret(
+        "refresh",
+        REFRESH_TOKEN_SECRET_TYPE,
+        version,
+        &[("refresh_token.sealed", &sealed)],
+    )
 }
 
 /// A context whose API server is the mock, whose caches hold the output
@@ -190,6 +208,11 @@ fn context(client: Client) -> Arc<Context> {
         endpoint_rate: NonZeroU32::new(10).unwrap(),
         endpoint_burst: NonZeroU32::new(10).unwrap(),
         clock,
+        endpoints: EndpointPolicy {
+            allow_insecure_loopback_http: true,
+            allowed: vec!["http://127.0.0.1:*".parse().unwrap()],
+        },
+        operator_namespace: "oto-system".into(),
     };
     let (credentials, _) = reflector::store();
     let (owned, mut owned_writer) = reflector::store::<PartialObjectMeta<Secret>>();
@@ -211,8 +234,8 @@ fn context(client: Client) -> Arc<Context> {
     };
     owned_writer.apply_watcher_event(&watcher::Event::Apply(output));
     let references = SecretReferences::default();
-    references.remember_version(NS, "client", "5");
-    references.remember_version(NS, "refresh", "7");
+    references.remember(NS, "client", "5", Some(InputKind::Client));
+    references.remember(NS, "refresh", "7", Some(InputKind::RefreshToken));
     Arc::new(Context::new(
         client,
         &config,
@@ -325,7 +348,7 @@ async fn a_due_refresh_reads_the_inputs_then_writes_the_output_secret_then_the_s
         (method, uri.as_str()),
         (Method::GET, &*format!("{SECRETS}/refresh"))
     );
-    reply(respond, StatusCode::OK, &refresh_secret("7"));
+    reply(respond, StatusCode::OK, &refresh_secret(&endpoint, "7"));
     let (method, uri, body, respond) = next(&mut mock).await;
     assert_eq!(method, Method::PATCH);
     assert!(uri.starts_with(&format!("{SECRETS}/out?")), "{uri}");
@@ -369,7 +392,8 @@ async fn rotation(conflicts: usize) {
     reply(respond, StatusCode::OK, &client_secret());
     let (_, uri, _, respond) = next(&mut mock).await;
     assert!(uri.ends_with("/secrets/refresh"), "{uri}");
-    reply(respond, StatusCode::OK, &refresh_secret("7"));
+    let read = refresh_secret(&endpoint, "7");
+    reply(respond, StatusCode::OK, &read);
     for conflict in 0..=conflicts {
         // The first write after the token call: the rotated refresh token,
         // sealed, under the resourceVersion just read.
@@ -391,7 +415,10 @@ async fn rotation(conflicts: usize) {
                 (method, uri.as_str()),
                 (Method::GET, &*format!("{SECRETS}/refresh"))
             );
-            reply(respond, StatusCode::OK, &refresh_secret("8"));
+            // Same token, newer version (another field, say, changed).
+            let mut again = read.clone();
+            again.metadata.resource_version = Some("8".into());
+            reply(respond, StatusCode::OK, &again);
         } else {
             assert!(!stored.is_empty());
             let mut written = body.clone();
@@ -425,6 +452,57 @@ async fn a_conflict_storing_the_rotated_token_rereads_and_retries_without_a_seco
 }
 
 #[tokio::test]
+async fn a_conflict_with_a_newer_token_stored_meanwhile_writes_nothing_over_it() {
+    let endpoint = Endpoint::start(json!({
+        "access_token": "a2", "expires_in": 3600, "refresh_token": "refresh-2",
+    }))
+    .await;
+    let (service, mut mock) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, NS));
+    let status = refreshed_status(
+        "2026-11-21T18:00:00Z",
+        "2026-11-21T19:00:30Z",
+        "2026-11-21T18:40:00Z",
+    );
+    let credential = credential(&endpoint, Some(status));
+    let run = tokio::spawn(reconcile(Arc::new(credential.clone()), ctx));
+
+    let (_, _, _, respond) = next(&mut mock).await;
+    reply(respond, StatusCode::OK, &client_secret());
+    let (_, _, _, respond) = next(&mut mock).await;
+    reply(respond, StatusCode::OK, &refresh_secret(&endpoint, "7"));
+    let (method, _, _, respond) = next(&mut mock).await;
+    assert_eq!(method, Method::PUT);
+    error(respond, 409, "Conflict");
+    // Meanwhile a person (or authorize) stored a new grant's token.
+    let (method, uri, _, respond) = next(&mut mock).await;
+    assert_eq!(
+        (method, uri.as_str()),
+        (Method::GET, &*format!("{SECRETS}/refresh"))
+    );
+    let newer = secret(
+        "refresh",
+        REFRESH_TOKEN_SECRET_TYPE,
+        "8",
+        &[("refresh_token", "the-new-grant")],
+    );
+    reply(respond, StatusCode::OK, &newer);
+    // No write over it: the access token is published, status recorded.
+    let (method, uri, body, respond) = next(&mut mock).await;
+    assert_eq!(method, Method::PATCH);
+    assert!(uri.starts_with(&format!("{SECRETS}/out?")), "{uri}");
+    reply(respond, StatusCode::OK, &body);
+    let (method, uri, body, respond) = next(&mut mock).await;
+    assert_eq!(method, Method::PATCH, "{uri}");
+    assert!(uri.starts_with(STATUS), "{uri}");
+    answer_status_patch(respond, &credential, &body);
+
+    run.await.unwrap().unwrap();
+    no_more_requests(&mut mock).await;
+    assert_eq!(endpoint.calls(), 1);
+}
+
+#[tokio::test]
 async fn a_validation_failure_makes_no_token_call() {
     let endpoint = Endpoint::start(json!({"access_token": "a2", "expires_in": 3600})).await;
     let (service, mut mock) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -442,7 +520,7 @@ async fn a_validation_failure_makes_no_token_call() {
     error(respond, 404, "NotFound");
     let (_, uri, _, respond) = next(&mut mock).await;
     assert!(uri.ends_with("/secrets/refresh"), "{uri}");
-    reply(respond, StatusCode::OK, &refresh_secret("7"));
+    reply(respond, StatusCode::OK, &refresh_secret(&endpoint, "7"));
     let (method, uri, body, respond) = next(&mut mock).await;
     assert_eq!(method, Method::PATCH);
     assert!(uri.starts_with(STATUS), "{uri}");

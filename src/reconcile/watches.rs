@@ -1,8 +1,9 @@
 //! The watches and caches that feed the reconcile loop, sized for tens of
 //! thousands of credentials: the credentials themselves (managedFields
-//! stripped), the metadata of the output Secrets this operator labels, and a
-//! metadata-only, uncached watch of other Secrets that `references` maps to
-//! the credentials naming them. No Secret data is cached.
+//! stripped), the metadata of the output Secrets this operator labels, and
+//! metadata-only, uncached watches of the Secrets that opted in as inputs
+//! (selected by their `type`), which `references` maps to the credentials
+//! naming them. No Secret data is cached, and no other Secret is watched.
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -23,10 +24,12 @@ use super::{Context, FIELD_MANAGER, error_policy, memory::Memory, reconcile};
 use crate::admin::Health;
 use crate::backlog::Backlog;
 use crate::clock::SharedClock;
+use crate::endpoint::EndpointPolicy;
+use crate::input_secrets::InputKind;
 use crate::keys::Keys;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
-use crate::output_secret::{self, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::output_secret;
 use crate::references::SecretReferences;
 use crate::resource::OAuthCredential;
 use crate::token_client::{TokenClient, TokenClientConfig};
@@ -49,6 +52,11 @@ pub struct ControllerConfig {
     pub endpoint_rate: NonZeroU32,
     pub endpoint_burst: NonZeroU32,
     pub clock: SharedClock,
+    /// Where tokens may be sent.
+    pub endpoints: EndpointPolicy,
+    /// The operator's own namespace, where it keeps its seal keys: never
+    /// served.
+    pub operator_namespace: String,
 }
 
 impl Context {
@@ -76,7 +84,8 @@ impl Context {
             fence: config.fence.clone(),
             metrics: config.metrics.clone(),
             clock: config.clock.clone(),
-            allow_insecure_loopback_http: config.token_client.allow_insecure_loopback_http,
+            endpoints: config.endpoints.clone(),
+            operator_namespace: config.operator_namespace.clone(),
             memory: Memory::default(),
             rate_limit: RateLimiter::keyed(
                 Quota::per_second(config.endpoint_rate).allow_burst(config.endpoint_burst),
@@ -97,7 +106,12 @@ pub async fn run(
     keys_changed: tokio::sync::watch::Receiver<u64>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Stopped> {
-    let references = SecretReferences::default();
+    let (affected_tx, affected_rx) = tokio::sync::mpsc::unbounded_channel();
+    let references = SecretReferences::notifying(affected_tx);
+    // Credentials whose refusal may have changed with another credential's.
+    let affected = futures::stream::unfold(affected_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
     let (credentials, credentials_writer) = reflector::store();
     let (owned_secrets, owned_writer) = reflector::store();
     let (credentials_api, secrets_api) = apis(&client, config.watch_namespace.as_deref());
@@ -108,8 +122,20 @@ pub async fn run(
         &config.health,
     );
     let owned_stream = owned_watch(secrets_api.clone(), owned_writer, &config.health);
-    let referenced_stream =
-        referenced_secrets(secrets_api, references.clone(), config.health.clone());
+    let inputs = futures::stream::select(
+        input_watch(
+            secrets_api.clone(),
+            InputKind::Client,
+            &references,
+            &config.health,
+        ),
+        input_watch(
+            secrets_api,
+            InputKind::RefreshToken,
+            &references,
+            &config.health,
+        ),
+    );
     // A new key ring re-reconciles everything, so old keys go out of use.
     let rekeyed = futures::stream::unfold(keys_changed, |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
@@ -124,10 +150,10 @@ pub async fn run(
     ));
     let controller = Controller::for_stream(credential_stream, credentials.clone())
         .owns_stream(owned_stream)
-        .watches_stream(
-            referenced_stream,
-            move |secret: PartialObjectMeta<Secret>| credentials_naming(&references, &secret),
-        )
+        .watches_stream(inputs, move |secret: PartialObjectMeta<Secret>| {
+            credentials_naming(&references, &secret)
+        })
+        .reconcile_on(affected)
         .reconcile_all_on(rekeyed)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
@@ -210,19 +236,14 @@ fn owned_watch(
         .touched_objects()
 }
 
-/// The credentials a change of this Secret concerns: those naming it as an
-/// input (our own output Secrets come through `owns`).
+/// The credentials a change of this input Secret concerns: those naming it.
 fn credentials_naming(
     references: &SecretReferences,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<OAuthCredential>> {
-    let ours = secret
-        .labels()
-        .get(MANAGED_BY_LABEL)
-        .is_some_and(|v| v == MANAGED_BY);
-    match (ours, secret.namespace()) {
-        (false, Some(ns)) => references.credentials_for(&ns, &secret.name_any()),
-        _ => Vec::new(),
+    match secret.namespace() {
+        Some(ns) => references.credentials_for(&ns, &secret.name_any()),
+        None => Vec::new(),
     }
 }
 
@@ -233,17 +254,27 @@ pub enum Stopped {
     CacheFollower(String),
 }
 
-/// Every other Secret's metadata streams through without being stored; only
-/// the versions of referenced ones are remembered.
-fn referenced_secrets(
+/// The metadata of the Secrets that opted in as inputs of `kind` (by their
+/// type), streamed without being stored; only the versions of referenced ones
+/// are remembered.
+fn input_watch(
     secrets_api: Api<PartialObjectMeta<Secret>>,
-    references: SecretReferences,
-    health: Arc<Health>,
-) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> {
-    watcher(secrets_api, watcher::Config::default().any_semantic())
+    kind: InputKind,
+    references: &SecretReferences,
+    health: &Arc<Health>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + use<> {
+    let (references, health) = (references.clone(), health.clone());
+    let name = match kind {
+        InputKind::Client => "client Secrets",
+        InputKind::RefreshToken => "refresh-token Secrets",
+    };
+    let config = watcher::Config::default()
+        .fields(&format!("type={}", kind.secret_type()))
+        .any_semantic();
+    watcher(secrets_api, config)
         .default_backoff()
-        .inspect(move |event| health.observe_watch("Secrets", event.is_ok()))
-        .inspect_ok(move |event| references.observe_secret(event))
+        .inspect(move |event| health.observe_watch(name, event.is_ok()))
+        .inspect_ok(move |event| references.observe_input_secret(kind, event))
         .touched_objects()
 }
 

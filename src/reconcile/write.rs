@@ -14,11 +14,15 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::refresh::{Outcome, Refreshed};
-use super::{Context, Error, FIELD_MANAGER, kube_err};
-use crate::decision::RefreshReason;
-use crate::resource::{OAuthCredential, OAuthCredentialStatus};
+use super::{Context, Error, FIELD_MANAGER, force_annotation, kube_err};
+use crate::decision::{self, RefreshReason};
+use crate::resource::{Inputs, OAuthCredential, OAuthCredentialStatus};
 use crate::schedule;
 use crate::status::{self, Attempt, Failed, Problem, Success};
+use crate::validate::Invalid;
+
+/// How often a credential whose output name is taken looks again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 
 impl Context {
     /// Records what came of a refresh that got past validation.
@@ -50,7 +54,7 @@ impl Context {
                 );
                 attempt.now = schedule::whole_seconds(answered_at);
                 let retry = Some((answered_at, failure.retry_after));
-                self.record_failure(credential, attempt, problem, retry, why)
+                self.record_failure(credential, attempt, problem, retry, why.as_str())
                     .await
             }
             Outcome::Refreshed(refreshed) => {
@@ -112,7 +116,7 @@ impl Context {
         attempt: Attempt<'_>,
         problem: Problem,
         retry: Option<(Timestamp, Option<Duration>)>,
-        why: RefreshReason,
+        trigger: &'static str,
     ) -> Result<Action, Error> {
         let now = attempt.now;
         let (from, retry_after) = retry.unwrap_or((now, None));
@@ -130,11 +134,7 @@ impl Context {
             &jitter_seed(credential),
         );
         if problem.http_status.is_none() {
-            info!(
-                outcome = problem.reason,
-                trigger = why.as_str(),
-                "refresh not attempted"
-            );
+            info!(outcome = problem.reason, trigger, "refresh not attempted");
         }
         let failed = Failed {
             attempt,
@@ -147,8 +147,46 @@ impl Context {
         Ok(self.requeue_at([retry_at, next_change].into_iter().flatten().min()))
     }
 
-    /// The output name belongs to someone else: say so and wait. The Secret
-    /// watch reconciles again when that Secret goes.
+    /// A credential refused at admission: status says why (written once, not
+    /// on every reconcile), and nothing else happens. It is looked at again
+    /// when it changes, or when the credentials it conflicts with do.
+    pub(super) async fn refuse(
+        &self,
+        credential: &OAuthCredential,
+        refused: &Invalid,
+    ) -> Result<Action, Error> {
+        let problem = Problem::from(refused);
+        let now = self.now();
+        let generation = credential.metadata.generation.unwrap_or(0);
+        let recorded = credential.status.as_ref().is_some_and(|s| {
+            s.failed_attempts > 0
+                && s.observed_generation == Some(generation)
+                && s.last_failure
+                    .as_ref()
+                    .is_some_and(|f| f.reason == problem.reason && f.message == problem.message)
+        });
+        if recorded {
+            return self.settle(credential, now, None).await;
+        }
+        let attempt = Attempt {
+            now,
+            generation,
+            // No Secret was read: any version of the inputs counts as new
+            // once the refusal is lifted.
+            inputs: Inputs {
+                generation,
+                ..Default::default()
+            },
+            forced: decision::pending_force(
+                force_annotation(credential),
+                credential.status.as_ref(),
+            ),
+        };
+        self.record_failure(credential, attempt, problem, None, "admission")
+            .await
+    }
+
+    /// The output name belongs to someone else: say so and look again later.
     pub(super) async fn report_conflict(
         &self,
         credential: &OAuthCredential,
@@ -161,7 +199,10 @@ impl Context {
             &credential.spec.output.secret_name,
         );
         self.write_status(credential, desired).await?;
-        Ok(Action::await_change())
+        // A foreign Secret is not watched (only Secrets the operator owns or
+        // that opted in as inputs are), so its going is noticed by looking
+        // again: one metadata read per conflicted credential every 10 s.
+        Ok(Action::requeue(CONFLICT_RECHECK))
     }
 
     /// Nothing to call: bring the status up to date with the clock (a token

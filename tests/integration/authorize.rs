@@ -444,7 +444,25 @@ async fn every_failure_is_explained_and_leaves_the_secret_as_it_was() {
         create_client_secret(&client, &ns).await;
         create_authorizable(&client, &ns, &server, "mail", &[GMAIL_SEND, DRIVE_FILE]).await;
         put_refresh_token(&client, &ns, "mail", "the-old-refresh-token").await;
-        let before = secret(&client, &ns, "mail-refresh").await.unwrap();
+        // The operator checks the credential (authorize sends nothing to
+        // endpoints it has not allowed), seals the old token and finds it
+        // revoked; then the Secret stays as it is until someone writes it.
+        let mut operator = Operator::start(&ns);
+        wait_for_condition(
+            &client,
+            &ns,
+            "mail",
+            REAUTH_REQUIRED,
+            "True",
+            Duration::from_secs(30),
+        )
+        .await;
+        let before = eventually("the old token sealed", Duration::from_secs(10), || async {
+            let stored = secret(&client, &ns, "mail-refresh").await.unwrap();
+            let sealed = stored.data.as_ref()?.contains_key("refresh_token.sealed");
+            sealed.then_some(stored)
+        })
+        .await;
         let unchanged = || async {
             let now = secret(&client, &ns, "mail-refresh").await.unwrap();
             assert_eq!(
@@ -549,9 +567,19 @@ async fn every_failure_is_explained_and_leaves_the_secret_as_it_was() {
             "{stderr}"
         );
 
-        // No operator runs here: the token is stored, and the command says
-        // that nobody acted on it.
+        // The operator checked a credential and then stopped: the token is
+        // stored, and the command says that nobody acted on it.
         create_authorizable(&client, &ns, &server, "idle", &[GMAIL_SEND]).await;
+        wait_for_condition(
+            &client,
+            &ns,
+            "idle",
+            REAUTH_REQUIRED,
+            "True",
+            Duration::from_secs(30),
+        )
+        .await;
+        operator.stop().await;
         let mut authorize = Authorize::start(&[&format!("{ns}/idle"), "--wait", "2s"], None);
         let url = authorize
             .consent_url_or_exit()
@@ -613,4 +641,77 @@ async fn read_only_kubeconfig(client: &Client, ns: &str) -> std::path::PathBuf {
         .await
         .unwrap();
     kubeconfig_as(&user, &format!("oto-{ns}-reader.kubeconfig"))
+}
+
+#[tokio::test]
+async fn nothing_is_sent_to_endpoints_the_operator_has_not_allowed_nor_stored_in_a_secret_it_would_not_use()
+ {
+    with_namespace("authz-allow", |client, ns| async move {
+        ensure_crd(&client).await;
+        let allowed = TokenServer::start(Duration::from_secs(3600)).await;
+        let unlisted = TokenServer::start(Duration::from_secs(3600)).await;
+        create_client_secret(&client, &ns).await;
+        create_authorizable(&client, &ns, &unlisted, "mail", &[GMAIL_SEND]).await;
+
+        // No operator has checked the credential yet.
+        let said = fails(&ns, &[], None, no_consent_expected).await;
+        assert!(said.contains("the operator has not checked"), "{said}");
+
+        // The operator refuses its endpoints: so does authorize.
+        let _operator = Operator::start_with_own_allowlist(
+            &ns,
+            &["--allowed-endpoint", &format!("http://{}", allowed.addr)],
+        );
+        eventually("EndpointNotAllowed", Duration::from_secs(30), || async {
+            let failure = status_of(&client, &ns, "mail").await.last_failure?;
+            (failure.reason == "EndpointNotAllowed").then_some(())
+        })
+        .await;
+        let said = fails(&ns, &[], None, no_consent_expected).await;
+        assert!(said.contains("the operator refuses"), "{said}");
+        assert!(said.contains("EndpointNotAllowed"), "{said}");
+        assert!(unlisted.authorization_requests().is_empty());
+        assert_eq!(unlisted.call_count(), 0);
+
+        // Allowed endpoints, but a refresh-token Secret that never opted in.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        secrets
+            .create(
+                &PostParams::default(),
+                &crate::support::fixtures::secret("mail-refresh", &[("note", "not a token")]),
+            )
+            .await
+            .unwrap();
+        let before = secret(&client, &ns, "mail-refresh").await.unwrap();
+        let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), &ns);
+        credentials
+            .patch(
+                "mail",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"provider": {
+                    "tokenEndpoint": allowed.url(),
+                    "authorizationEndpoint": allowed.authorization_url(),
+                }}})),
+            )
+            .await
+            .unwrap();
+        eventually("SecretNotAccepted", Duration::from_secs(30), || async {
+            let failure = status_of(&client, &ns, "mail").await.last_failure?;
+            (failure.reason == "SecretNotAccepted").then_some(())
+        })
+        .await;
+        let said = fails(&ns, &[], None, no_consent_expected).await;
+        assert!(
+            said.contains("is not an OAuth refresh-token Secret"),
+            "{said}"
+        );
+        assert!(said.contains(&format!("opt-in {ns}/mail")), "{said}");
+        let after = secret(&client, &ns, "mail-refresh").await.unwrap();
+        assert_eq!(
+            after.metadata.resource_version,
+            before.metadata.resource_version
+        );
+        assert!(allowed.authorization_requests().is_empty());
+    })
+    .await;
 }

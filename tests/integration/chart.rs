@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::fixtures::ensure_crd;
 use crate::support::objects::{CHART, api_for, gvk_of, helm, helm_template};
-use crate::support::{eventually, with_namespace};
+use crate::support::{eventually, operator_namespace, with_namespace};
 
 fn chart() -> PathBuf {
     PathBuf::from(CHART)
@@ -128,6 +128,8 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
             )
         })
         .await;
+        // Credentials in another namespace than the release.
+        let watch = format!("watchNamespace={}", operator_namespace(&ns));
         let variants: [&[&str]; 2] = [
             &[],
             &[
@@ -137,7 +139,7 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
                 "networkPolicy.apiServerCIDRs={10.0.0.1/32}",
                 "serviceMonitor.enabled=true",
                 "sealKeys.existingSecret=oto-seal-keys",
-                "watchNamespace=team-a",
+                &watch,
                 "logFormat=plain",
                 "serviceAccount.name=custom-sa",
                 "grafanaDashboard.enabled=true",
@@ -153,7 +155,8 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
                     assert_eq!(gvk.kind, "ServiceMonitor");
                     continue;
                 }
-                let (api, _) = api_for(&client, &discovery, &gvk, &ns);
+                let namespace = object.metadata.namespace.clone().unwrap_or(ns.clone());
+                let (api, _) = api_for(&client, &discovery, &gvk, &namespace);
                 let name = object.metadata.name.clone().unwrap();
                 let params = PatchParams::apply("chart-test").dry_run();
                 if let Err(e) = api.patch(&name, &params, &Patch::Apply(&object)).await {

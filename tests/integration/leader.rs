@@ -13,7 +13,7 @@ use oauth_token_operator::resource::READY;
 use crate::support::fixtures::*;
 use crate::support::operator::Operator;
 use crate::support::token_server::TokenServer;
-use crate::support::{eventually, random_fraction, with_namespace};
+use crate::support::{eventually, operator_namespace, random_fraction, with_namespace};
 
 const LEASE: Duration = Duration::from_secs(8);
 const LIFETIME: Duration = Duration::from_secs(9);
@@ -34,7 +34,7 @@ fn replica(ns: &str, name: &str) -> Operator {
 }
 
 async fn holder(client: &kube::Client, ns: &str) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &operator_namespace(ns));
     leases
         .get_opt("oauth-token-operator")
         .await

@@ -13,5 +13,6 @@ mod operator;
 mod rbac;
 mod runtime;
 mod sealing;
+mod security;
 mod support;
 mod token_client;

@@ -526,7 +526,7 @@ async fn a_rotated_refresh_token_is_stored_and_used_for_the_next_refresh() {
         );
         let stored = String::from_utf8(data["refresh_token.sealed"].0.clone()).unwrap();
         assert!(
-            stored.starts_with("oto-sealed:v1:"),
+            stored.starts_with("oto-sealed:v2:"),
             "the rotated token is stored sealed"
         );
         for token in server.issued_tokens().iter().chain([&first]) {

@@ -1,7 +1,11 @@
-//! The chart's RBAC is sufficient and minimal: the operator runs with exactly
-//! the chart's ServiceAccount permissions (impersonated) through a scenario
-//! that uses every permission; then, for each rule, the same scenario with
-//! that rule removed fails, and the operator reports a Forbidden answer.
+//! The chart's RBAC is sufficient and minimal, and it and the admission
+//! policy hold: the operator runs with exactly the chart's ServiceAccount
+//! permissions (impersonated, the admission policy applied) through a
+//! scenario that uses every permission; for each rule, the same scenario
+//! with that rule removed fails with a Forbidden answer. As that
+//! ServiceAccount, writes the operator never needs are denied: a
+//! service-account-token Secret in kube-system, an unrelated Secret in
+//! another namespace, and, with `watchNamespace`, any Secret outside it.
 
 use std::time::Duration;
 
@@ -9,17 +13,18 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Discovery};
 use oauth_token_operator::resource::{READY, REAUTH_REQUIRED};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::fixtures::*;
 use crate::support::objects::{api_for, gvk_of, helm_template};
 use crate::support::operator::Operator;
 use crate::support::token_server::TokenServer;
-use crate::support::{kubeconfig_as, with_namespace};
+use crate::support::{eventually, kubeconfig_as, operator_namespace, with_namespace};
 
-/// The chart's ServiceAccount and RBAC objects for a release named `ns`.
-fn rbac_objects(ns: &str) -> Vec<Value> {
-    helm_template(ns, ns, &[])
+/// The chart's ServiceAccount, RBAC and admission-policy objects for a
+/// release named `ns` in the operator namespace of the test namespace `ns`.
+fn rbac_objects(ns: &str, sets: &[&str]) -> Vec<Value> {
+    helm_template(ns, &operator_namespace(ns), sets)
         .into_iter()
         .filter(|v| {
             matches!(
@@ -30,6 +35,8 @@ fn rbac_objects(ns: &str) -> Vec<Value> {
                         | "ClusterRoleBinding"
                         | "Role"
                         | "RoleBinding"
+                        | "ValidatingAdmissionPolicy"
+                        | "ValidatingAdmissionPolicyBinding"
                 )
             )
         })
@@ -75,10 +82,23 @@ async fn apply(client: &Client, objects: &[Value]) {
 }
 
 async fn delete_cluster_scoped(client: &Client, objects: &[Value]) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     for object in objects {
         let name = object["metadata"]["name"].as_str().unwrap();
         match object["kind"].as_str() {
+            Some("ValidatingAdmissionPolicy") => drop(
+                Api::<ValidatingAdmissionPolicy>::all(client.clone())
+                    .delete(name, &DeleteParams::default())
+                    .await,
+            ),
+            Some("ValidatingAdmissionPolicyBinding") => drop(
+                Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                    .delete(name, &DeleteParams::default())
+                    .await,
+            ),
             Some("ClusterRole") => drop(
                 Api::<ClusterRole>::all(client.clone())
                     .delete(name, &DeleteParams::default())
@@ -94,10 +114,14 @@ async fn delete_cluster_scoped(client: &Client, objects: &[Value]) {
     }
 }
 
-/// A kubeconfig that acts as the chart's ServiceAccount.
+/// A kubeconfig that acts as the chart's ServiceAccount (in the operator
+/// namespace of the test namespace `ns`).
 fn impersonating_kubeconfig(ns: &str, service_account: &str) -> std::path::PathBuf {
     kubeconfig_as(
-        &format!("system:serviceaccount:{ns}:{service_account}"),
+        &format!(
+            "system:serviceaccount:{}:{service_account}",
+            operator_namespace(ns)
+        ),
         &format!("oto-{ns}.kubeconfig"),
     )
 }
@@ -223,10 +247,11 @@ const ARGS: &[&str] = &[
 async fn run_with(
     client: Client,
     ns: String,
+    sets: &[&str],
     drop_rule: Option<(String, usize)>,
 ) -> (Result<(), String>, String) {
     ensure_crd(&client).await;
-    let mut objects = rbac_objects(&ns);
+    let mut objects = rbac_objects(&ns, sets);
     if let Some((kind, index)) = &drop_rule {
         let role = objects
             .iter_mut()
@@ -263,18 +288,21 @@ async fn run_with(
 #[tokio::test]
 async fn the_charts_rbac_is_sufficient_and_every_rule_is_needed() {
     with_namespace("rbac-full", |client, ns| async move {
-        let (result, output) = run_with(client, ns, None).await;
+        let (result, output) = run_with(client, ns, &[], None).await;
         if let Err(why) = result {
             panic!("with the chart's RBAC: {why}\n{output}");
         }
     })
     .await;
-    let template = rbac_objects("rbac-x");
+    let template: Vec<Value> = rbac_objects("rbac-x", &[])
+        .into_iter()
+        .filter(|o| o["kind"] != "ValidatingAdmissionPolicy")
+        .collect();
     for (kind, index, description) in rules(&template) {
         with_namespace("rbac-less", |client, ns| {
             let (kind, description) = (kind.clone(), description.clone());
             async move {
-                let (result, output) = run_with(client, ns, Some((kind, index))).await;
+                let (result, output) = run_with(client, ns, &[], Some((kind, index))).await;
                 assert!(result.is_err(), "without [{description}] the scenario still passed: the rule is not needed");
                 assert!(
                     output.contains("forbidden") || output.contains("Forbidden"),
@@ -285,4 +313,128 @@ async fn the_charts_rbac_is_sufficient_and_every_rule_is_needed() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn watching_one_namespace_the_chart_grants_secret_access_there_only_and_suffices() {
+    with_namespace("rbac-ns", |client, ns| async move {
+        let watch = format!("watchNamespace={ns}");
+        let (result, output) = run_with(client, ns, &[&watch], None).await;
+        if let Err(why) = result {
+            panic!("with the chart's namespaced RBAC: {why}\n{output}");
+        }
+    })
+    .await;
+}
+
+/// As the chart's ServiceAccount: a server-side dry run of `secret` in
+/// `namespace` (created, or patched when `patch`); the error's text if
+/// refused.
+async fn try_write(client: &Client, namespace: &str, secret: Value, patch: bool) -> Option<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = secret["metadata"]["name"].as_str().unwrap().to_string();
+    let result = if patch {
+        secrets
+            .patch(
+                &name,
+                &PatchParams::default().dry_run(),
+                &Patch::Merge(secret),
+            )
+            .await
+            .map(drop)
+    } else {
+        let object: Secret = serde_json::from_value(secret).unwrap();
+        secrets
+            .create(
+                &kube::api::PostParams {
+                    dry_run: true,
+                    field_manager: None,
+                },
+                &object,
+            )
+            .await
+            .map(drop)
+    };
+    result.err().map(|e| e.to_string())
+}
+
+async fn as_service_account(client: &Client, ns: &str, sets: &[&str]) -> (Client, Vec<Value>) {
+    let objects = rbac_objects(ns, sets);
+    apply(client, &objects).await;
+    let sa = objects
+        .iter()
+        .find(|o| o["kind"] == "ServiceAccount")
+        .unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = impersonating_kubeconfig(ns, &sa);
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(path);
+    (Client::try_from(config).unwrap(), objects)
+}
+
+#[tokio::test]
+async fn the_service_account_cannot_write_what_the_operator_never_writes() {
+    with_namespace("rbac-deny", |client, ns| async move {
+        // Some other namespace holds an unrelated Secret.
+        let other = operator_namespace(&ns);
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&Default::default(), &secret("unrelated", &[("password", "x")]))
+            .await
+            .unwrap();
+        let token_secret = json!({
+            "metadata": {"name": "escalate", "annotations": {
+                "kubernetes.io/service-account.name": "clusterrole-aggregation-controller"}},
+            "type": "kubernetes.io/service-account-token",
+        });
+        let unrelated = json!({"metadata": {"name": "unrelated"}, "data": {"password": "eQ=="}});
+
+        // Cluster-wide: RBAC allows Secret writes everywhere; the admission
+        // policy does not.
+        let (sa, objects) = as_service_account(&client, &ns, &[]).await;
+        // The API server takes a moment to load a new policy.
+        let denied = eventually("the admission policy in force", Duration::from_secs(20), || async {
+            try_write(&sa, "kube-system", token_secret.clone(), false).await
+        })
+        .await;
+        assert!(
+            denied.contains("never writes a service-account-token"),
+            "{denied}"
+        );
+        let denied = try_write(&sa, &ns, unrelated.clone(), true).await;
+        assert!(
+            denied.as_deref().is_some_and(|e| e.contains("may create and update only")),
+            "{denied:?}"
+        );
+        // What it does write passes: an output Secret of a credential.
+        let output = json!({
+            "metadata": {"name": "out", "labels": {"app.kubernetes.io/managed-by": "oauth-token-operator"},
+                "ownerReferences": [{"apiVersion": "oauth.tokenoperator.io/v1alpha1", "kind": "OAuthCredential",
+                    "name": "c", "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]},
+            "data": {"access_token": "eQ=="},
+        });
+        assert_eq!(try_write(&sa, &ns, output, false).await, None);
+        delete_cluster_scoped(&client, &objects).await;
+
+        // Watching one namespace: no Secret write outside it at all.
+        let watch = format!("watchNamespace={ns}");
+        let (sa, objects) = as_service_account(&client, &ns, &[&watch]).await;
+        for namespace in ["kube-system", "default"] {
+            let denied = try_write(&sa, namespace, token_secret.clone(), false).await;
+            assert!(denied.as_deref().is_some_and(|e| e.contains("forbidden")), "{denied:?}");
+        }
+        let mut elsewhere = unrelated.clone();
+        elsewhere["metadata"]["name"] = json!("kubeconfig-like");
+        let denied = try_write(&sa, "default", elsewhere, false).await;
+        assert!(denied.as_deref().is_some_and(|e| e.contains("forbidden")), "{denied:?}");
+        // Its own namespace: the seal-key Secret only.
+        let denied = try_write(&sa, &other, unrelated.clone(), false).await;
+        assert!(denied.is_some(), "an arbitrary Secret in the operator's namespace");
+        delete_cluster_scoped(&client, &objects).await;
+    })
+    .await;
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::support::fixtures::ensure_crd;
 use crate::support::operator::Operator;
-use crate::support::{eventually, kubeconfig_as, with_namespace};
+use crate::support::{eventually, kubeconfig_as, operator_namespace, with_namespace};
 
 fn run_args(ns: &str, lease: &str) -> RunArgs {
     let cli = Cli::try_parse_from([
@@ -25,7 +25,7 @@ fn run_args(ns: &str, lease: &str) -> RunArgs {
         "--watch-namespace",
         ns,
         "--operator-namespace",
-        ns,
+        &operator_namespace(ns),
         "--admin-address",
         "127.0.0.1:0",
         "--leader-election",
@@ -143,14 +143,18 @@ async fn a_watch_that_keeps_failing_makes_the_replica_unready() {
             "subjects": [{"kind": "User", "name": user}],
         }))
         .unwrap();
-        Api::<Role>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &role)
-            .await
-            .unwrap();
-        Api::<RoleBinding>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &binding)
-            .await
-            .unwrap();
+        // In the credentials' namespace and in the operator's own (its
+        // seal-key Secret).
+        for namespace in [ns.clone(), operator_namespace(&ns)] {
+            Api::<Role>::namespaced(client.clone(), &namespace)
+                .create(&PostParams::default(), &role)
+                .await
+                .unwrap();
+            Api::<RoleBinding>::namespaced(client.clone(), &namespace)
+                .create(&PostParams::default(), &binding)
+                .await
+                .unwrap();
+        }
         let kubeconfig = kubeconfig_as(&user, &format!("{ns}-partial.kubeconfig"));
         let operator = Operator::start_with_kubeconfig(
             &ns,

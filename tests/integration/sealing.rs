@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::support::fixtures::*;
 use crate::support::operator::Operator;
 use crate::support::token_server::TokenServer;
-use crate::support::{eventually, with_namespace};
+use crate::support::{eventually, operator_namespace, with_namespace};
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -52,7 +52,7 @@ async fn a_plaintext_refresh_token_is_sealed_in_place_and_no_plaintext_remains()
             "the plaintext key is removed"
         );
         let sealed = &data["refresh_token.sealed"];
-        assert!(sealed.starts_with("oto-sealed:v1:"), "{sealed}");
+        assert!(sealed.starts_with("oto-sealed:v2:"), "{sealed}");
         assert!(
             data.values().all(|v| !v.contains(&refresh_token)),
             "no plaintext anywhere in the Secret"
@@ -62,10 +62,10 @@ async fn a_plaintext_refresh_token_is_sealed_in_place_and_no_plaintext_remains()
             .expect("status.refreshToken")
             .sealed_with
             .expect("sealedWith");
-        assert!(sealed.starts_with(&format!("oto-sealed:v1:{key_id}:")));
+        assert!(sealed.starts_with(&format!("oto-sealed:v2:{key_id}:")));
 
         // The operator created its key ring Secret once, in its own namespace.
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace(&ns));
         let ring = secrets
             .get("oauth-token-operator-seal-keys")
             .await
@@ -187,7 +187,7 @@ async fn rotating_the_seal_key_reseals_every_credential_and_the_old_key_can_go()
                         refresh_secret_data(&client, &ns, name).await["refresh_token.sealed"]
                             .clone();
                     (status.refresh_token.and_then(|r| r.sealed_with).as_deref() == Some("new")
-                        && sealed.starts_with("oto-sealed:v1:new:"))
+                        && sealed.starts_with("oto-sealed:v2:new:"))
                     .then_some(())
                 },
             )

@@ -9,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use oauth_token_operator::input_secrets::{CLIENT_SECRET_TYPE, REFRESH_TOKEN_SECRET_TYPE};
 use oauth_token_operator::resource::{
     ClientAuthentication, ClientSecretRef, FORCE_REFRESH_ANNOTATION, OAuthCredential,
     OAuthCredentialSpec, OAuthCredentialStatus, Output, Provider, READY, RefreshTokenSecretRef,
@@ -40,6 +41,14 @@ pub async fn ensure_crd(client: &Client) {
     .expect("watch CRD");
 }
 
+/// A Secret of `type_` (an input's type, or `Opaque`) with `data`.
+pub fn typed_secret(name: &str, type_: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        type_: Some(type_.into()),
+        ..secret(name, data)
+    }
+}
+
 pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: ObjectMeta {
@@ -60,8 +69,9 @@ pub async fn create_client_secret(client: &Client, ns: &str) {
     secrets
         .create(
             &PostParams::default(),
-            &secret(
+            &typed_secret(
                 CLIENT_SECRET_NAME,
+                CLIENT_SECRET_TYPE,
                 &[("client_id", CLIENT_ID), ("client_secret", CLIENT_SECRET)],
             ),
         )
@@ -73,8 +83,9 @@ pub async fn create_client_secret(client: &Client, ns: &str) {
 /// replacing its value.
 pub async fn put_refresh_token(client: &Client, ns: &str, name: &str, refresh_token: &str) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let body = secret(
+    let body = typed_secret(
         &format!("{name}-refresh"),
+        REFRESH_TOKEN_SECRET_TYPE,
         &[("refresh_token", refresh_token)],
     );
     secrets

@@ -41,8 +41,16 @@ pub async fn client() -> Client {
     client
 }
 
-/// Runs `body` in a fresh namespace whose name starts with `prefix`, then
-/// deletes the namespace, also when `body` panics (the panic is re-raised).
+/// The namespace the operator of a test in `ns` runs in (its seal keys, its
+/// Lease): never the credentials' namespace, which the operator refuses to
+/// serve. `with_namespace` creates it along with `ns`.
+pub fn operator_namespace(ns: &str) -> String {
+    format!("{ns}-op")
+}
+
+/// Runs `body` in a fresh namespace whose name starts with `prefix` (and
+/// creates its operator namespace beside it), then deletes both, also when
+/// `body` panics (the panic is re-raised).
 pub async fn with_namespace<F, Fut>(prefix: &str, body: F)
 where
     F: FnOnce(Client, String) -> Fut,
@@ -59,13 +67,25 @@ where
         .await
         .expect("create temporary namespace");
     let name = created.metadata.name.expect("generated namespace name");
+    let mut operator_ns = Namespace::default();
+    operator_ns.metadata.name = Some(operator_namespace(&name));
+    operator_ns.metadata.labels = ns.metadata.labels.clone();
+    namespaces
+        .create(&PostParams::default(), &operator_ns)
+        .await
+        .expect("create the operator's temporary namespace");
 
     let outcome = AssertUnwindSafe(body(client.clone(), name.clone()))
         .catch_unwind()
         .await;
 
-    if let Err(e) = namespaces.delete(&name, &DeleteParams::default()).await {
-        eprintln!("warning: could not delete temporary namespace {name}: {e}");
+    for namespace in [name.clone(), operator_namespace(&name)] {
+        if let Err(e) = namespaces
+            .delete(&namespace, &DeleteParams::default())
+            .await
+        {
+            eprintln!("warning: could not delete temporary namespace {namespace}: {e}");
+        }
     }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);

@@ -11,15 +11,20 @@ use std::time::Duration;
 pub struct Operator {
     child: Option<Child>,
     namespace: String,
+    /// The namespace it watches: `namespace`, unless a test says otherwise.
+    watch: String,
     extra_args: Vec<String>,
+    /// Whether to allow every loopback port as a token endpoint.
+    allow_loopback_endpoints: bool,
     /// Everything every run of this operator printed.
     output: Arc<Mutex<String>>,
     kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Operator {
-    /// Starts `oauth-token-operator run` watching `namespace`, allowed to use
-    /// the loopback http token endpoint of the test.
+    /// Starts `oauth-token-operator run` watching `namespace` (its own
+    /// namespace beside it), allowed to use the loopback http token endpoints
+    /// of the tests.
     pub fn start(namespace: &str) -> Self {
         Self::start_with(namespace, &[])
     }
@@ -35,10 +40,34 @@ impl Operator {
         extra_args: &[&str],
         kubeconfig: Option<&std::path::Path>,
     ) -> Self {
+        Self::spawned(namespace, namespace, extra_args, kubeconfig, true)
+    }
+
+    /// Starts an operator that allows only the endpoints `extra_args` name
+    /// with `--allowed-endpoint` (and Google's).
+    pub fn start_with_own_allowlist(namespace: &str, extra_args: &[&str]) -> Self {
+        Self::spawned(namespace, namespace, extra_args, None, false)
+    }
+
+    /// Starts the operator of `namespace` (its own namespace beside it),
+    /// watching `watch` instead.
+    pub fn start_watching(namespace: &str, watch: &str) -> Self {
+        Self::spawned(namespace, watch, &[], None, true)
+    }
+
+    fn spawned(
+        namespace: &str,
+        watch: &str,
+        extra_args: &[&str],
+        kubeconfig: Option<&std::path::Path>,
+        allow_loopback_endpoints: bool,
+    ) -> Self {
         let mut operator = Operator {
             child: None,
             namespace: namespace.to_string(),
+            watch: watch.to_string(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            allow_loopback_endpoints,
             output: Arc::new(Mutex::new(String::new())),
             kubeconfig: kubeconfig.map(|p| p.to_path_buf()),
         };
@@ -51,13 +80,20 @@ impl Operator {
             .args([
                 "run",
                 "--watch-namespace",
-                &self.namespace,
+                &self.watch,
                 "--operator-namespace",
-                &self.namespace,
+                &super::operator_namespace(&self.namespace),
                 "--allow-insecure-loopback-http",
                 "--admin-address",
                 "127.0.0.1:0",
             ])
+            // The tests' token endpoints listen on loopback ports.
+            .args(
+                self.allow_loopback_endpoints
+                    .then_some(["--allowed-endpoint", "http://127.0.0.1:*"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--token-request-timeout", "3s"])
             .args(&self.extra_args)
             .env(

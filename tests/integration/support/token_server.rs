@@ -131,6 +131,8 @@ struct Inner {
     /// Refresh token → the grant it belongs to (rotation keeps the grant).
     grants: std::collections::HashMap<String, u64>,
     scripted: VecDeque<Scripted>,
+    /// Answer every token request with an error that repeats the request.
+    echo: bool,
     calls: Vec<Call>,
     issued: Vec<String>,
     consent: Consent,
@@ -224,6 +226,13 @@ impl TokenServer {
         self.inner.lock().unwrap().live.remove(refresh_token);
     }
 
+    /// Makes every token request fail with an error whose description
+    /// repeats the request (body and Authorization header), as some servers
+    /// do, wrapped in a right-to-left override.
+    pub fn echo(&self, on: bool) {
+        self.inner.lock().unwrap().echo = on;
+    }
+
     pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
         self.inner.lock().unwrap().scripted.extend(answers);
     }
@@ -308,7 +317,10 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
     let grant_type = form_field(&form, "grant_type")
         .unwrap_or_default()
         .to_string();
-    let scripted = server.inner.lock().unwrap().scripted.pop_front();
+    let (scripted, echo) = {
+        let mut inner = server.inner.lock().unwrap();
+        (inner.scripted.pop_front(), inner.echo)
+    };
     let response = match scripted {
         Some(answer) => {
             tokio::time::sleep(answer.delay).await;
@@ -330,6 +342,7 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
             }
             response
         }
+        None if echo => echoed(&headers, &body),
         None if grant_type == "authorization_code" => exchange(&server, &headers, &form),
         None => answer(&server, &headers, &form, &refresh_token),
     };
@@ -344,6 +357,31 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
     });
     drop(inner);
     response
+}
+
+fn echoed(headers: &HeaderMap, body: &str) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let decoded: Vec<String> = form.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let answer = serde_json::json!({
+        "error": "invalid_request",
+        "error_description": format!(
+            "\u{202e}bad request {body} ({}) {authorization}\u{200b}",
+            decoded.join(", ")
+        ),
+        "error_subtype": form_field(&form, "refresh_token").unwrap_or("none"),
+    });
+    (
+        StatusCode::BAD_REQUEST,
+        [("content-type", "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
 }
 
 fn client_is_known(headers: &HeaderMap, form: &[(String, String)]) -> bool {
