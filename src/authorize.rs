@@ -182,10 +182,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     read_pasted_addresses(arrivals, redirect_uri.clone());
     offer_consent(&prepared, &options, &redirect_uri, &state, &pkce);
 
-    let arrival = tokio::time::timeout(options.timeout, arrived.recv())
-        .await
-        .map_err(|_| Error::NoConsent(short(options.timeout.as_secs() as i64)))?
-        .ok_or(Error::ListenerStopped)?;
+    let arrival = next_redirect(&mut arrived, &state, options.timeout).await?;
     let outcome = exchange_and_store(
         &prepared,
         &options,
@@ -424,6 +421,37 @@ fn offer_consent(
     );
 }
 
+/// The first redirect (from the browser or pasted) that carries this
+/// request's `state`. One with another `state` (a stray request, another
+/// tab, a forgery) is refused and the wait goes on: it cannot end a consent
+/// it does not belong to.
+async fn next_redirect(
+    arrived: &mut mpsc::Receiver<Arrival>,
+    state: &str,
+    timeout: Duration,
+) -> Result<Arrival, Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let arrival = tokio::time::timeout_at(deadline, arrived.recv())
+            .await
+            .map_err(|_| Error::NoConsent(short(timeout.as_secs() as i64)))?
+            .ok_or(Error::ListenerStopped)?;
+        if !matches!(
+            consent::read_redirect(&arrival.query, state),
+            Err(ConsentError::StateMismatch)
+        ) {
+            return Ok(arrival);
+        }
+        eprintln!(
+            "Ignored a redirect: {}. Still waiting for consent.",
+            ConsentError::StateMismatch
+        );
+        if let Some(reply) = arrival.reply {
+            let _ = reply.send(false);
+        }
+    }
+}
+
 /// Checks the redirect, exchanges the code, checks the answer, and only
 /// then stores the refresh token. Returns the granted scopes.
 async fn exchange_and_store(
@@ -465,7 +493,8 @@ async fn exchange_and_store(
         .write(&refresh_token, false)
         .await
         .map_err(|e| Error::NotStored(e.redacted(refresh_token.expose_secret())))?;
-    Ok(token.scope)
+    // Shown to the person: provider text, so made printable first.
+    Ok(token.scope.as_deref().and_then(crate::classify::clean_str))
 }
 
 /// Waits until the operator has acted on the force-refresh value `requested`

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::resource::FailureCategory;
@@ -77,6 +77,12 @@ impl Failure {
             http_status,
             retry_after: None,
         }
+    }
+
+    /// Whether the endpoint gave no answer at all (a timeout, a connection
+    /// that failed), as opposed to an answer that was an error.
+    pub fn unanswered(&self) -> bool {
+        self.http_status.is_none() && matches!(self.reason, "Timeout" | "ConnectionFailed")
     }
 
     /// A sentence for a person: what happened and what to do.
@@ -252,6 +258,67 @@ fn parse_success(body: &[u8]) -> Result<Token, &'static str> {
             .filter(|t| !t.is_empty())
             .map(SecretString::from),
     })
+}
+
+/// Access tokens longer than this are refused (Google's are at most 2 KiB,
+/// STS tokens up to 12 KB).
+const MAX_ACCESS_TOKEN: usize = 16 * 1024;
+/// More scopes than this, or a scope longer than `MAX_SCOPE`, are refused.
+const MAX_SCOPES: usize = 64;
+const MAX_SCOPE: usize = 512;
+
+/// Checks what a successful answer puts into the output Secret before it
+/// reaches a workload: the access token in the RFC 6750 `b64token` alphabet
+/// and of bounded length, a `token_type` among `token_types` (compared
+/// without case, written as configured), and a bounded list of scopes of
+/// RFC 6749 scope characters. A refusal is transient: providers fix such
+/// answers, people cannot.
+pub fn check_content(mut token: Token, token_types: &[String]) -> Result<Token, Failure> {
+    let refuse = |detail: &'static str| {
+        Failure::new(
+            FailureCategory::Transient,
+            "InvalidTokenResponse",
+            detail,
+            Some(200),
+        )
+    };
+    let access = token.access_token.expose_secret();
+    let b64token = access.len() <= MAX_ACCESS_TOKEN
+        && access.trim_end_matches('=').bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if !b64token || access.trim_end_matches('=').is_empty() {
+        return Err(refuse(
+            "the token endpoint's access_token is not a bearer token (RFC 6750 characters, at most 16 KiB)",
+        ));
+    }
+    match token_types
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(&token.token_type))
+    {
+        Some(accepted) => token.token_type = accepted.clone(),
+        None => {
+            return Err(refuse(
+                "the token endpoint's token_type is not one the operator accepts (--token-type)",
+            ));
+        }
+    }
+    if let Some(scope) = &token.scope {
+        let scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
+        let valid = scopes.len() <= MAX_SCOPES
+            && scopes.iter().all(|s| {
+                s.len() <= MAX_SCOPE
+                    && s.bytes().all(|b| {
+                        b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+                    })
+            });
+        if !valid {
+            return Err(refuse(
+                "the token endpoint's scope is not a list of at most 64 RFC 6749 scopes of at most 512 characters",
+            ));
+        }
+    }
+    Ok(token)
 }
 
 /// `expires_in` as a number, or (as some providers send it) a numeric string.
@@ -613,5 +680,38 @@ mod tests {
             "{subtype:?}"
         );
         assert!(failure.provider.error.as_ref().unwrap().chars().count() <= MAX_ERROR_CODE);
+    }
+
+    #[test]
+    fn hostile_token_content_is_refused_before_it_reaches_a_secret() {
+        let token = |access: &str, token_type: &str, scope: Option<String>| Token {
+            access_token: SecretString::from(access.to_string()),
+            token_type: token_type.into(),
+            expires_in: Duration::from_secs(3600),
+            scope,
+            refresh_token: None,
+        };
+        let types = ["Bearer".to_string()];
+        let ok = check_content(
+            token("ya29.a0-b_c~d+e/f==", "bearer", Some("a b".into())),
+            &types,
+        )
+        .unwrap();
+        assert_eq!(ok.token_type, "Bearer", "written as configured");
+        for (access, token_type, scope) in [
+            ("abc\r\nX-Evil: 1", "Bearer", None),
+            ("abc\u{0}def", "Bearer", None),
+            ("abc\u{1b}[31m", "Bearer", None),
+            ("abc def", "Bearer", None),
+            ("abc", "Bearer\r\nEvil: 1", None),
+            ("abc", "MAC", None),
+            ("abc", "Bearer", Some(vec!["s"; 9000].join(" "))),
+            ("abc", "Bearer", Some("a\"b".into())),
+        ] {
+            let failure = check_content(token(access, token_type, scope), &types).unwrap_err();
+            assert_eq!(failure.reason, "InvalidTokenResponse");
+            assert_eq!(failure.category, FailureCategory::Transient);
+        }
+        assert!(check_content(token(&"a".repeat(20 * 1024), "Bearer", None), &types).is_err());
     }
 }

@@ -250,9 +250,15 @@ impl TokenEndpoint {
         self.authentication
     }
 
-    /// The host, which keys the per-endpoint rate limit.
+    /// The host, which keys the per-host rate limit.
     pub fn host(&self) -> &str {
         self.url.host_str().unwrap_or_default()
+    }
+
+    /// Scheme, host and port, which key the calls in flight and the circuit
+    /// breaker: two endpoints on one host may well fail apart.
+    pub fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
     }
 }
 

@@ -78,11 +78,36 @@ impl InputSecret {
     }
 }
 
+/// A value of a Secret as the operator can use it.
+pub enum Value {
+    /// No such key, or only whitespace under it.
+    Absent,
+    Text(SecretString),
+    /// Bytes that are not UTF-8 text: no token or client secret.
+    NotText,
+}
+
+/// The value under `key`, trimmed.
+pub fn value_of(secret: Option<&Secret>, key: &str) -> Value {
+    let Some(bytes) = secret
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get(key))
+    else {
+        return Value::Absent;
+    };
+    match std::str::from_utf8(&bytes.0).map(str::trim) {
+        Ok("") => Value::Absent,
+        Ok(text) => Value::Text(SecretString::from(text.to_string())),
+        Err(_) => Value::NotText,
+    }
+}
+
 /// A value of the Secret, trimmed; `None` when absent, empty or not UTF-8.
 pub fn secret_value(secret: Option<&Secret>, key: &str) -> Option<SecretString> {
-    let bytes = secret?.data.as_ref()?.get(key)?;
-    let text = std::str::from_utf8(&bytes.0).ok()?.trim();
-    (!text.is_empty()).then(|| SecretString::from(text.to_string()))
+    match value_of(secret, key) {
+        Value::Text(text) => Some(text),
+        Value::Absent | Value::NotText => None,
+    }
 }
 
 /// The `resourceVersion` of a Secret; empty when it does not exist.
@@ -107,6 +132,8 @@ pub enum ClientSecretError {
     Missing { name: String },
     #[error("client Secret {name} has no non-empty key {key:?}")]
     NoValue { name: String, key: String },
+    #[error("client Secret {name} holds bytes under key {key:?} that are not UTF-8 text")]
+    NotText { name: String, key: String },
 }
 
 /// The OAuth client from its Secret, or why it cannot be read.
@@ -119,11 +146,16 @@ pub fn client_credentials(
             name: reference.name.clone(),
         });
     };
-    let value = |key: &String| {
-        secret_value(Some(secret), key).ok_or_else(|| ClientSecretError::NoValue {
+    let value = |key: &String| match value_of(Some(secret), key) {
+        Value::Text(text) => Ok(text),
+        Value::Absent => Err(ClientSecretError::NoValue {
             name: reference.name.clone(),
             key: key.clone(),
-        })
+        }),
+        Value::NotText => Err(ClientSecretError::NotText {
+            name: reference.name.clone(),
+            key: key.clone(),
+        }),
     };
     let client_id = value(&reference.client_id_key)?;
     let client_secret = value(&reference.client_secret_key)?;
@@ -136,6 +168,8 @@ pub fn client_credentials(
 /// The refresh token as stored in its Secret, not yet opened.
 pub enum Stored {
     Missing,
+    /// Bytes under the key that are not UTF-8 text.
+    NotText,
     /// In plain text under the configured key: new, not yet sealed.
     Plain(SecretString),
     /// Sealed under `<key>.sealed`.
@@ -149,8 +183,10 @@ pub enum Stored {
 /// Reads the refresh token from its Secret. A plaintext value is a token a
 /// person just supplied: it wins over a sealed one.
 pub fn stored_refresh_token(secret: Option<&Secret>, key: &str) -> Stored {
-    if let Some(token) = secret_value(secret, key) {
-        return Stored::Plain(token);
+    match value_of(secret, key) {
+        Value::Text(token) => return Stored::Plain(token),
+        Value::NotText => return Stored::NotText,
+        Value::Absent => {}
     }
     let Some(sealed) = secret_value(secret, &sealed_key(key)) else {
         return Stored::Missing;
@@ -170,14 +206,14 @@ pub fn stored_refresh_token(secret: Option<&Secret>, key: &str) -> Stored {
 }
 
 /// Opens a stored refresh token for `binding`; a plaintext one as is.
-/// `None` when there is none.
+/// `None` when there is none (or only bytes that are not text).
 pub fn open_stored(
     stored: &Stored,
     keys: &KeyRing,
     binding: &Binding<'_>,
 ) -> Option<Result<(SecretString, Option<String>), OpenError>> {
     match stored {
-        Stored::Missing => None,
+        Stored::Missing | Stored::NotText => None,
         Stored::Plain(token) => Some(Ok((token.clone(), None))),
         Stored::Sealed { sealed, key_id, .. } => Some(
             keys.open(sealed.expose_secret(), binding)
@@ -218,7 +254,7 @@ pub fn seal_action(stored: &Stored, recorded: Option<Option<&str>>, primary: &st
             _ => SealAction::Remember,
         },
         // Reported when a refresh is attempted.
-        Stored::Missing => SealAction::Remember,
+        Stored::Missing | Stored::NotText => SealAction::Remember,
     }
 }
 

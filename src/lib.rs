@@ -12,7 +12,8 @@
 //! - `status`: the status and events an outcome calls for.
 //! - `output_secret`: the Secret workloads mount, and whether it is ours.
 //! - `seal`: sealing refresh tokens; `backlog`: earliest expiry first while a
-//!   rate limit binds; `consent`: the authorization-code flow's pure parts;
+//!   rate limit binds; `breaker`: each endpoint's share of the calls in
+//!   flight, and its circuit breaker; `consent`: the authorization-code flow's pure parts;
 //!   `summary`: what the `status` command prints; `clock`: the injected clock.
 //!
 //! The I/O shell:
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod api_error;
 pub mod authorize;
 pub mod backlog;
+pub mod breaker;
 pub mod classify;
 pub mod cli;
 pub mod clock;

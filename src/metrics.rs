@@ -26,6 +26,11 @@ struct CategoryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConditionLabels {
     ready: &'static str,
     reauth_required: &'static str,
@@ -43,6 +48,7 @@ pub struct Metrics {
     rate_limit_waits: Counter,
     rate_limit_deferrals: Counter,
     scheduled: Gauge<i64, AtomicI64>,
+    tracked: Family<MapLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -57,68 +63,69 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` under `name` and gives it back.
+fn register<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("oauth_token_operator");
-        let refresh_attempts = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "refresh_attempts",
-            "Calls to token endpoints, by outcome: success, or the failure reason (e.g. InvalidGrant, RateLimited)",
-            refresh_attempts.clone(),
-        );
-        let refresh_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
-        registry.register(
-            "refresh_duration_seconds",
-            "Time a token-endpoint call took, answer included",
-            refresh_duration.clone(),
-        );
-        let reconcile_errors = Family::<CategoryLabels, Counter>::default();
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed and were retried, by category (kubernetes-api, rotation-conflict)",
-            reconcile_errors.clone(),
-        );
-        let credentials = Family::<ConditionLabels, Gauge>::default();
-        registry.register(
+        let (refresh_attempts, refresh_duration, reconcile_errors) =
+            Self::register_refreshes(&mut registry);
+        let credentials = register(
+            &mut registry,
             "credentials",
             "OAuthCredentials by the status of their Ready and ReauthRequired conditions",
-            credentials.clone(),
+            Family::<ConditionLabels, Gauge>::default(),
         );
-        let earliest_expiry = Gauge::<f64, AtomicU64>::default();
-        registry.register(
+        let earliest_expiry = register(
+            &mut registry,
             "earliest_expiry_timestamp_seconds",
             "Unix time at which the first access token among all credentials expires (0 when none)",
-            earliest_expiry.clone(),
+            Gauge::<f64, AtomicU64>::default(),
         );
-        let next_refresh = Gauge::<f64, AtomicU64>::default();
-        registry.register(
+        let next_refresh = register(
+            &mut registry,
             "next_refresh_timestamp_seconds",
             "Unix time of the next scheduled token-endpoint call among all credentials (0 when none)",
-            next_refresh.clone(),
+            Gauge::<f64, AtomicU64>::default(),
         );
-        let leader = Gauge::<i64, AtomicI64>::default();
-        registry.register(
+        let leader = register(
+            &mut registry,
             "leader",
             "1 while this replica runs the controller, else 0",
-            leader.clone(),
+            Gauge::<i64, AtomicI64>::default(),
         );
-        let rate_limit_waits = Counter::default();
-        registry.register(
+        let rate_limit_waits = register(
+            &mut registry,
             "rate_limit_waits",
             "Token-endpoint calls that waited for the per-endpoint rate limit",
-            rate_limit_waits.clone(),
+            Counter::default(),
         );
-        let rate_limit_deferrals = Counter::default();
-        registry.register(
+        let rate_limit_deferrals = register(
+            &mut registry,
             "rate_limit_deferrals",
             "Refreshes put back because credentials whose tokens expire sooner were waiting for the same endpoint's rate limit",
-            rate_limit_deferrals.clone(),
+            Counter::default(),
         );
-        let scheduled = Gauge::<i64, AtomicI64>::default();
-        registry.register(
+        let scheduled = register(
+            &mut registry,
             "credentials_scheduled",
             "Credentials this replica has reconciled since it started, so whose next action it has scheduled; equals the number of credentials once the start-up pass is done",
-            scheduled.clone(),
+            Gauge::<i64, AtomicI64>::default(),
+        );
+        let tracked = register(
+            &mut registry,
+            "tracked_entries",
+            "Entries the operator keeps in memory, by map; they shrink as credentials, Secrets and endpoints go",
+            Family::<MapLabels, Gauge>::default(),
         );
         Self {
             registry,
@@ -132,7 +139,44 @@ impl Metrics {
             rate_limit_waits,
             rate_limit_deferrals,
             scheduled,
+            tracked,
         }
+    }
+
+    /// The metrics of calls and reconciles.
+    fn register_refreshes(
+        registry: &mut Registry,
+    ) -> (
+        Family<OutcomeLabels, Counter>,
+        Histogram,
+        Family<CategoryLabels, Counter>,
+    ) {
+        let refresh_attempts = register(
+            registry,
+            "refresh_attempts",
+            "Calls to token endpoints, by outcome: success, or the failure reason (e.g. InvalidGrant, RateLimited)",
+            Family::<OutcomeLabels, Counter>::default(),
+        );
+        let refresh_duration = register(
+            registry,
+            "refresh_duration_seconds",
+            "Time a token-endpoint call took, answer included",
+            Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+        );
+        let reconcile_errors = register(
+            registry,
+            "reconcile_errors",
+            "Reconciles that failed and were retried, by category (kubernetes-api, rotation-conflict)",
+            Family::<CategoryLabels, Counter>::default(),
+        );
+        (refresh_attempts, refresh_duration, reconcile_errors)
+    }
+
+    /// Sets the size of one in-memory map.
+    pub fn set_tracked(&self, map: &'static str, entries: usize) {
+        self.tracked
+            .get_or_create(&MapLabels { map })
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     pub fn set_scheduled(&self, credentials: usize) {

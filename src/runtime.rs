@@ -20,10 +20,11 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::admin::{Admin, Health};
+use crate::breaker::Shares;
 use crate::clock::SharedClock;
 use crate::endpoint::{AllowedEndpoint, EndpointPolicy};
 use crate::keys::{self, KeySource, Keys, KeysError};
-use crate::leader::Fence;
+use crate::leader::{Fence, LeaseRef};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, ControllerConfig, FIELD_MANAGER};
 use crate::schedule::parse_duration;
@@ -109,20 +110,56 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_DURATION", default_value = "30s", value_parser = parse_duration)]
     pub lease_duration: Duration,
 
-    /// How long before expiry the leader renews the Lease. Must exceed
-    /// --token-request-timeout by at least 1 s: the leader starts a
-    /// token-endpoint call only if its Lease outlasts the call.
-    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_RENEW_BEFORE", default_value = "15s", value_parser = parse_duration)]
+    /// How long before expiry the leader renews the Lease. Must be at least
+    /// --token-request-timeout + 1 s + --lease-skew-margin: the leader starts
+    /// a token-endpoint call only if its Lease outlasts the call by the
+    /// margin.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_RENEW_BEFORE", default_value = "20s", value_parser = parse_duration)]
     pub lease_renew_before: Duration,
 
-    /// Token-endpoint calls per second allowed per endpoint host; calls
-    /// beyond it wait (counted in oauth_token_operator_rate_limit_waits_total).
+    /// The clock skew between replicas the fence tolerates: the leader stops
+    /// calling token endpoints this long before its Lease (measured on its
+    /// monotonic clock from when it saw its last renewal) could expire.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEASE_SKEW_MARGIN", default_value = "5s", value_parser = parse_duration)]
+    pub lease_skew_margin: Duration,
+
+    /// Token-endpoint calls per second allowed per endpoint (scheme, host,
+    /// port); calls beyond it wait (counted in
+    /// oauth_token_operator_rate_limit_waits_total).
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_ENDPOINT_RATE", default_value_t = NonZeroU32::new(10).unwrap())]
     pub token_endpoint_rate: NonZeroU32,
 
-    /// Calls allowed at once above that rate, per endpoint host.
+    /// Calls allowed at once above that rate, per endpoint.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_ENDPOINT_BURST", default_value_t = NonZeroU32::new(20).unwrap())]
     pub token_endpoint_burst: NonZeroU32,
+
+    /// Token-endpoint calls in flight at once to one endpoint. Default: half
+    /// of --concurrency, so that an endpoint that does not answer cannot hold
+    /// every slot.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_MAX_CALLS_PER_ENDPOINT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_calls_per_endpoint: Option<u16>,
+
+    /// Token-endpoint calls in flight at once from one namespace. Default:
+    /// three quarters of --concurrency.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_MAX_CALLS_PER_NAMESPACE", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_calls_per_namespace: Option<u16>,
+
+    /// The shortest interval between scheduled refreshes of one credential.
+    /// A provider issuing tokens that live shorter gets this interval (and
+    /// the reason LifetimeBelowMinimum), not a refresh loop. At least 1 s.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_MIN_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub min_refresh_interval: Duration,
+
+    /// A `token_type` accepted in token-endpoint answers (compared without
+    /// case; written to output Secrets as given here). Repeat the flag for
+    /// more; answers with another type are refused (InvalidTokenResponse).
+    #[arg(
+        long = "token-type",
+        env = "OAUTH_TOKEN_OPERATOR_TOKEN_TYPES",
+        value_delimiter = ',',
+        default_value = "Bearer"
+    )]
+    pub token_types: Vec<String>,
 
     /// Address of the admin server (`/metrics`, `/livez`, `/readyz`).
     #[arg(
@@ -171,10 +208,11 @@ pub enum RunError {
     #[error(transparent)]
     Keys(#[from] KeysError),
     #[error(
-        "need --token-request-timeout + 1s < --lease-renew-before < --lease-duration (got {request:?}, {renew_before:?}, {duration:?})"
+        "need --token-request-timeout + 1s + --lease-skew-margin (at least 1s) <= --lease-renew-before < --lease-duration (got {request:?}, {margin:?}, {renew_before:?}, {duration:?})"
     )]
     LeaseTimings {
         request: Duration,
+        margin: Duration,
         renew_before: Duration,
         duration: Duration,
     },
@@ -227,19 +265,8 @@ pub async fn start(
         .operator_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let key_source = match args.seal_keys_file.clone() {
-        Some(path) => KeySource::File(path),
-        None => KeySource::Secret {
-            namespace: operator_namespace.clone(),
-            name: args.seal_keys_secret.clone(),
-        },
-    };
-    let ring = keys::load(&client, &key_source, clock.now()).await?;
-    info!(source = %key_source, primary = ring.primary(), key_ids = ?ring.key_ids(), "seal keys loaded");
-    let keys = Keys::new(ring);
-    let (keys_changed_tx, keys_changed) = watch::channel(0u64);
-    let reload = keys::keep_current(client.clone(), key_source, keys.clone(), keys_changed_tx);
-    tasks.spawn(task::SEAL_KEY_RELOAD, never_fails(reload));
+    let (keys, keys_changed) =
+        seal_keys(args, &client, &clock, &operator_namespace, &mut tasks).await?;
 
     let mut config = controller_config(args, metrics, health, clock, &operator_namespace);
     let (stop_tx, stop) = watch::channel(false);
@@ -264,13 +291,18 @@ pub async fn start(
         }
         Some(budget) => {
             let lease = Lease::from_args(args, operator_namespace);
+            let lease_ref = LeaseRef {
+                namespace: &lease.namespace,
+                name: &lease.name,
+                identity: &lease.identity,
+                margin: args.lease_skew_margin,
+            };
             let (fence, watch) = Fence::watching(
                 controller.client.clone(),
-                &lease.namespace,
-                &lease.name,
-                &lease.identity,
+                lease_ref,
                 budget,
                 config.health.clone(),
+                config.clock.clone(),
             );
             config.fence = fence;
             tasks.spawn(task::LEASE_WATCH, never_fails(watch));
@@ -341,6 +373,31 @@ impl Running {
     }
 }
 
+/// Loads the seal key ring and supervises its reload; the ring, and what
+/// tells of its changes.
+async fn seal_keys(
+    args: &RunArgs,
+    client: &Client,
+    clock: &SharedClock,
+    operator_namespace: &str,
+    tasks: &mut Supervisor,
+) -> Result<(Keys, watch::Receiver<u64>), RunError> {
+    let key_source = match args.seal_keys_file.clone() {
+        Some(path) => KeySource::File(path),
+        None => KeySource::Secret {
+            namespace: operator_namespace.to_string(),
+            name: args.seal_keys_secret.clone(),
+        },
+    };
+    let ring = keys::load(client, &key_source, clock.now()).await?;
+    info!(source = %key_source, primary = ring.primary(), key_ids = ?ring.key_ids(), "seal keys loaded");
+    let keys = Keys::new(ring);
+    let (keys_changed_tx, keys_changed) = watch::channel(0u64);
+    let reload = keys::keep_current(client.clone(), key_source, keys.clone(), keys_changed_tx);
+    tasks.spawn(task::SEAL_KEY_RELOAD, never_fails(reload));
+    Ok((keys, keys_changed))
+}
+
 /// The longest a token-endpoint call may take plus a second, when leader
 /// election is on (`None` when off); the Lease timings must leave room for it.
 fn lease_budget(args: &RunArgs) -> Result<Option<Duration>, RunError> {
@@ -348,9 +405,13 @@ fn lease_budget(args: &RunArgs) -> Result<Option<Duration>, RunError> {
         return Ok(None);
     }
     let budget = args.token_request_timeout + Duration::from_secs(1);
-    if budget >= args.lease_renew_before || args.lease_renew_before >= args.lease_duration {
+    if args.lease_skew_margin.is_zero()
+        || budget + args.lease_skew_margin > args.lease_renew_before
+        || args.lease_renew_before >= args.lease_duration
+    {
         return Err(RunError::LeaseTimings {
             request: args.token_request_timeout,
+            margin: args.lease_skew_margin,
             renew_before: args.lease_renew_before,
             duration: args.lease_duration,
         });
@@ -385,6 +446,18 @@ fn controller_config(
             allowed: args.allowed_endpoints.clone(),
         },
         operator_namespace: operator_namespace.to_string(),
+        shares: Shares {
+            per_endpoint: usize::from(
+                args.max_calls_per_endpoint
+                    .unwrap_or((args.concurrency / 2).max(1)),
+            ),
+            per_namespace: usize::from(
+                args.max_calls_per_namespace
+                    .unwrap_or((args.concurrency * 3 / 4).max(1)),
+            ),
+        },
+        token_types: args.token_types.clone(),
+        min_refresh_interval: args.min_refresh_interval.max(Duration::from_secs(1)),
     }
 }
 

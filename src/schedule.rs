@@ -125,17 +125,29 @@ pub fn refresh_time(
     whole_seconds(at.max(issued_at))
 }
 
+/// A transient failure is retried at least this long after the last
+/// attempt, however close the deadline.
+pub const MIN_TRANSIENT_RETRY: Duration = Duration::from_secs(1);
+
 /// When to try again after the `failed_attempts`-th consecutive failure
 /// (counting from 1) at `now`: exponential from the category's base to its
 /// cap, with up to 20% subtracted as jitter, and never before `retry_after`
 /// from the provider (itself capped at an hour). Never, for a failure that
 /// only a person can fix.
+///
+/// Deadline-aware: while the current access token is still valid (until
+/// `valid_until`), a transient failure is retried after at most a third of
+/// the time left (and at least `MIN_TRANSIENT_RETRY` later), so that while
+/// the provider allows it the token is replaced before it expires;
+/// `Retry-After` still wins. Once the token has expired, the plain
+/// exponential backoff applies.
 pub fn retry_time(
     now: Timestamp,
     category: FailureCategory,
     failed_attempts: u32,
     retry_after: Option<Duration>,
     jitter_seed: &str,
+    valid_until: Option<Timestamp>,
 ) -> Option<Timestamp> {
     let (base, cap) = match category {
         FailureCategory::Transient => (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_CAP),
@@ -144,7 +156,15 @@ pub fn retry_time(
     };
     let exponent = failed_attempts.saturating_sub(1).min(20);
     let backoff = base.saturating_mul(1 << exponent).min(cap);
-    let backoff = backoff.mul_f64(1.0 - 0.2 * unit_interval(jitter_seed));
+    let mut backoff = backoff.mul_f64(1.0 - 0.2 * unit_interval(jitter_seed));
+    if category == FailureCategory::Transient
+        && let Some(left) = valid_until
+            .map(|until| until.duration_since(now))
+            .and_then(|left| Duration::try_from(left).ok())
+            .filter(|left| !left.is_zero())
+    {
+        backoff = backoff.min((left / 3).max(MIN_TRANSIENT_RETRY));
+    }
     let wait = match retry_after {
         Some(after) => backoff.max(after.min(MAX_RETRY_AFTER)),
         None => backoff,
@@ -270,7 +290,7 @@ mod tests {
     fn transient_backoff_doubles_up_to_its_cap_with_at_most_twenty_percent_off() {
         let now = ts("2026-11-21T19:00:00Z");
         let wait = |n| {
-            retry_time(now, FailureCategory::Transient, n, None, "s")
+            retry_time(now, FailureCategory::Transient, n, None, "s", None)
                 .unwrap()
                 .duration_since(now)
         };
@@ -285,11 +305,11 @@ mod tests {
     #[test]
     fn configuration_backoff_is_long() {
         let now = ts("2026-11-21T19:00:00Z");
-        let first = retry_time(now, FailureCategory::Configuration, 1, None, "s")
+        let first = retry_time(now, FailureCategory::Configuration, 1, None, "s", None)
             .unwrap()
             .duration_since(now);
         assert!(first.as_secs() >= 240, "{first}");
-        let late = retry_time(now, FailureCategory::Configuration, 10, None, "s")
+        let late = retry_time(now, FailureCategory::Configuration, 10, None, "s", None)
             .unwrap()
             .duration_since(now);
         assert!((2880..=3600).contains(&late.as_secs()), "{late}");
@@ -305,6 +325,7 @@ mod tests {
                 1,
                 Some(Duration::from_secs(s)),
                 "x",
+                None,
             )
             .unwrap()
             .duration_since(now)
@@ -318,6 +339,7 @@ mod tests {
             1,
             Some(Duration::from_secs(12)),
             "x",
+            None,
         );
         assert_eq!(
             at,
@@ -335,8 +357,69 @@ mod tests {
     fn a_failure_only_a_person_can_fix_is_never_retried_on_a_timer() {
         let now = ts("2026-11-21T19:00:00Z");
         assert_eq!(
-            retry_time(now, FailureCategory::ReauthRequired, 1, None, "s"),
+            retry_time(now, FailureCategory::ReauthRequired, 1, None, "s", None),
             None
         );
+    }
+
+    #[test]
+    fn transient_retries_land_before_a_valid_token_expires_when_the_provider_allows() {
+        // 20 s of a token left; 3 x 503, then 2 x 429 with Retry-After 2 s.
+        let expires = ts("2026-11-21T19:00:20Z");
+        let mut now = ts("2026-11-21T19:00:00Z");
+        let answers = [None, None, None, Some(2), Some(2)];
+        for (attempt, retry_after) in answers.iter().enumerate() {
+            let retry_after = retry_after.map(Duration::from_secs);
+            let at = retry_time(
+                now,
+                FailureCategory::Transient,
+                attempt as u32 + 1,
+                retry_after,
+                "s",
+                Some(expires),
+            )
+            .unwrap();
+            assert!(at > now, "attempt {attempt}: {at}");
+            if let Some(after) = retry_after {
+                assert!(at.duration_since(now).as_secs() >= after.as_secs() as i64);
+            }
+            now = at;
+        }
+        assert!(
+            now < expires,
+            "the sixth attempt comes before expiry: {now}"
+        );
+        // Without the deadline the same failures wait 5 + 10 + 20 + 40 s.
+        let plain = retry_time(
+            ts("2026-11-21T19:00:00Z"),
+            FailureCategory::Transient,
+            4,
+            None,
+            "s",
+            None,
+        )
+        .unwrap();
+        assert!(plain.duration_since(ts("2026-11-21T19:00:00Z")).as_secs() >= 32);
+    }
+
+    #[test]
+    fn retry_after_wins_over_the_deadline_and_an_expired_token_backs_off_plainly() {
+        let now = ts("2026-11-21T19:00:00Z");
+        let soon = Some(ts("2026-11-21T19:00:06Z"));
+        let at = retry_time(
+            now,
+            FailureCategory::Transient,
+            3,
+            Some(Duration::from_secs(30)),
+            "s",
+            soon,
+        );
+        assert_eq!(at, Some(ts("2026-11-21T19:00:30Z")));
+        let expired = Some(ts("2026-11-21T18:59:00Z"));
+        let at = retry_time(now, FailureCategory::Transient, 3, None, "s", expired).unwrap();
+        assert!(at.duration_since(now).as_secs() >= 16, "{at}");
+        let configuration =
+            retry_time(now, FailureCategory::Configuration, 1, None, "s", soon).unwrap();
+        assert!(configuration.duration_since(now).as_secs() >= 240);
     }
 }

@@ -34,6 +34,9 @@ pub mod reason {
     pub const NAMESPACE_NOT_SERVED: &str = "NamespaceNotServed";
     pub const REFRESH_TOKEN_SECRET_SHARED: &str = "RefreshTokenSecretShared";
     pub const OUTPUT_NAME_IN_USE: &str = "OutputNameInUse";
+    pub const OUTPUT_WRITE_FAILED: &str = "OutputWriteFailed";
+    pub const ENDPOINT_PAUSED: &str = "EndpointPaused";
+    pub const LIFETIME_BELOW_MINIMUM: &str = "LifetimeBelowMinimum";
 }
 
 /// A refresh that succeeded.
@@ -48,6 +51,9 @@ pub struct Success<'a> {
     pub forced: Option<&'a str>,
     /// The refresh-token Secret after this refresh (and any rotation).
     pub refresh_token: RefreshTokenState,
+    /// The minimum refresh interval, when the token lives shorter than it
+    /// allows (the next refresh then waits for the floor).
+    pub short_lifetime: Option<std::time::Duration>,
 }
 
 /// What went wrong, whichever stage found it: who can fix it, the reason, a
@@ -114,15 +120,33 @@ pub fn after_success(old: Option<&OAuthCredentialStatus>, s: Success<'_>) -> OAu
     if let Some(forced) = s.forced {
         status.last_forced_refresh = Some(forced.to_string());
     }
+    let (ready_reason, message) = match s.short_lifetime {
+        None => (
+            reason::TOKEN_VALID,
+            format!(
+                "Secret {} holds an access token valid until {}",
+                s.output_secret, s.expires_at
+            ),
+        ),
+        Some(floor) => (
+            reason::LIFETIME_BELOW_MINIMUM,
+            format!(
+                "Secret {} holds an access token valid until {}, but the provider issues tokens that \
+                 live shorter than the minimum refresh interval ({} s, --min-refresh-interval): the next \
+                 refresh waits for it, so the token is expired part of the time; ask for longer-lived \
+                 tokens",
+                s.output_secret,
+                s.expires_at,
+                floor.as_secs()
+            ),
+        ),
+    };
     set_condition(
         &mut status,
         READY,
         "True",
-        reason::TOKEN_VALID,
-        format!(
-            "Secret {} holds an access token valid until {}",
-            s.output_secret, s.expires_at
-        ),
+        ready_reason,
+        message,
         s.now,
         s.generation,
     );
@@ -386,11 +410,13 @@ pub fn notices(old: Option<&OAuthCredentialStatus>, new: &OAuthCredentialStatus)
         && new.failed_attempts == 0
         && ready.is_some_and(|c| c.status == "True" && c.reason == reason::TOKEN_VALID)
     {
+        // No time in it: a repeat within minutes is aggregated into the
+        // first event, whose message must stay true.
         out.push(Notice {
             warning: false,
             reason: "Recovered",
             action: "Refresh",
-            message: ready.map(|c| c.message.clone()).unwrap_or_default(),
+            message: "refreshed again: the output Secret holds a valid access token".into(),
         });
     }
     for notice in &mut out {
@@ -469,6 +495,7 @@ mod tests {
             output_secret: "out",
             forced: None,
             refresh_token: RefreshTokenState::default(),
+            short_lifetime: None,
         }
     }
 

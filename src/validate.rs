@@ -108,6 +108,16 @@ pub enum Invalid {
         name: String,
     },
     #[error(
+        "Secret {secret} holds bytes under key {key:?} that are not UTF-8 text, so no refresh token; \
+         store the token as text, for example with `oauth-token-operator authorize {namespace}/{name}`"
+    )]
+    RefreshTokenNotText {
+        secret: String,
+        key: String,
+        namespace: String,
+        name: String,
+    },
+    #[error(
         "the refresh token in Secret {secret} was granted for another token endpoint or client id than \
          the credential names now, so it is sent to neither; grant consent again: \
          `oauth-token-operator authorize {namespace}/{name}`"
@@ -142,7 +152,9 @@ impl Invalid {
             Invalid::RefreshTokenSecretShared { .. } => reason::REFRESH_TOKEN_SECRET_SHARED,
             Invalid::ClientSecret(_) => reason::CLIENT_SECRET_MISSING,
             Invalid::SecretNotAccepted { .. } => reason::SECRET_NOT_ACCEPTED,
-            Invalid::RefreshTokenMissing { .. } => reason::REFRESH_TOKEN_MISSING,
+            Invalid::RefreshTokenMissing { .. } | Invalid::RefreshTokenNotText { .. } => {
+                reason::REFRESH_TOKEN_MISSING
+            }
             Invalid::SealedForAnotherClient { .. } => reason::SEALED_FOR_ANOTHER_CLIENT,
             Invalid::SealedTokenUnreadable { .. } => reason::SEALED_TOKEN_UNREADABLE,
             Invalid::RefreshBefore(_) => reason::INVALID_SPEC,
@@ -154,6 +166,7 @@ impl Invalid {
     pub fn category(&self) -> FailureCategory {
         match self {
             Invalid::RefreshTokenMissing { .. }
+            | Invalid::RefreshTokenNotText { .. }
             | Invalid::SealedForAnotherClient { .. }
             | Invalid::SealedTokenUnreadable { .. } => FailureCategory::ReauthRequired,
             _ => FailureCategory::Configuration,
@@ -271,6 +284,14 @@ fn refresh_token(
     let (namespace, name) = (input.namespace.to_string(), input.name.to_string());
     let secret = accepted(input, input.refresh_secret, InputKind::RefreshToken)?;
     let stored = input_secrets::stored_refresh_token(secret, &reference.key);
+    if matches!(stored, input_secrets::Stored::NotText) {
+        return Err(Invalid::RefreshTokenNotText {
+            secret: reference.name.clone(),
+            key: reference.key.clone(),
+            namespace,
+            name,
+        });
+    }
     let binding = binding(
         input.namespace,
         input.name,
@@ -572,5 +593,40 @@ mod tests {
                 && not_accepted.contains("oauth-token-operator opt-in ns/c"),
             "{not_accepted}"
         );
+    }
+
+    #[test]
+    fn a_token_or_client_secret_that_is_not_text_is_named_as_such() {
+        let good = spec(ENDPOINT, None);
+        let binary = InputSecret::Accepted(Box::new(Secret {
+            type_: Some(REFRESH_TOKEN_SECRET_TYPE.into()),
+            data: Some(
+                [(
+                    "refresh_token".to_string(),
+                    ByteString(vec![0xff, 0xfe, 0x00]),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        }));
+        let invalid = check(&good, &client(), &binary).err().unwrap();
+        assert_eq!(invalid.reason(), "RefreshTokenMissing");
+        assert!(invalid.to_string().contains("not UTF-8 text"), "{invalid}");
+        let binary_client = InputSecret::Accepted(Box::new(Secret {
+            type_: Some(CLIENT_SECRET_TYPE.into()),
+            data: Some(
+                [
+                    ("client_id".to_string(), ByteString(b"id".to_vec())),
+                    ("client_secret".to_string(), ByteString(vec![0xc3, 0x28])),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        }));
+        let invalid = check(&good, &binary_client, &refresh(&[("refresh_token", "r")]))
+            .err()
+            .unwrap();
+        assert_eq!(invalid.reason(), "ClientSecretMissing");
+        assert!(invalid.to_string().contains("not UTF-8 text"), "{invalid}");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use kube::runtime::reflector::ObjectRef;
 use secrecy::SecretString;
 
+use super::refresh::Refreshed;
 use crate::metrics::Metrics;
 use crate::resource::{OAuthCredential, OAuthCredentialStatus};
 
@@ -24,6 +25,9 @@ pub(super) struct Memory {
     written: Mutex<HashMap<Key, (OAuthCredentialStatus, Instant)>>,
     /// Credentials reconciled at least once by this process.
     scheduled: Mutex<HashSet<Key>>,
+    /// New tokens whose output Secret could not be written: written again
+    /// without another call while they are valid.
+    pending_outputs: Mutex<HashMap<Key, Refreshed>>,
 }
 
 impl Memory {
@@ -33,6 +37,14 @@ impl Memory {
 
     pub fn take_unstored_rotation(&self, credential: &OAuthCredential) -> Option<SecretString> {
         lock(&self.unstored_rotations).remove(&ObjectRef::from_obj(credential))
+    }
+
+    pub fn keep_pending_output(&self, credential: &OAuthCredential, refreshed: Refreshed) {
+        lock(&self.pending_outputs).insert(ObjectRef::from_obj(credential), refreshed);
+    }
+
+    pub fn take_pending_output(&self, credential: &OAuthCredential) -> Option<Refreshed> {
+        lock(&self.pending_outputs).remove(&ObjectRef::from_obj(credential))
     }
 
     pub fn inspected(&self, credential: &OAuthCredential) -> Option<String> {
@@ -83,15 +95,30 @@ impl Memory {
         }
     }
 
-    /// Drops deleted credentials from the scheduled set.
+    /// Forgets everything about credentials that are gone.
     pub fn forget_deleted(&self, present: &[Arc<OAuthCredential>], metrics: &Metrics) {
         let present: HashSet<Key> = present
             .iter()
             .map(|c| ObjectRef::from_obj(c.as_ref()))
             .collect();
+        lock(&self.unstored_rotations).retain(|key, _| present.contains(key));
+        lock(&self.inspected).retain(|key, _| present.contains(key));
+        lock(&self.written).retain(|key, _| present.contains(key));
+        lock(&self.pending_outputs).retain(|key, _| present.contains(key));
         let mut scheduled = lock(&self.scheduled);
         scheduled.retain(|key| present.contains(key));
         metrics.set_scheduled(scheduled.len());
+    }
+
+    /// How many entries each map holds, by name (for the memory metric).
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("unstored_rotations", lock(&self.unstored_rotations).len()),
+            ("inspected", lock(&self.inspected).len()),
+            ("written_status", lock(&self.written).len()),
+            ("scheduled", lock(&self.scheduled).len()),
+            ("pending_outputs", lock(&self.pending_outputs).len()),
+        ]
     }
 }
 

@@ -21,6 +21,7 @@
 //! reconcile writes nothing; a refresh writes the output Secret and the
 //! status, plus the refresh-token Secret (first) when the provider rotated it.
 
+mod gate;
 mod gather;
 mod memory;
 mod refresh;
@@ -46,6 +47,7 @@ use thiserror::Error;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::backlog::Backlog;
+use crate::breaker::{Calls, Shares};
 use crate::clock::SharedClock;
 use crate::decision::{self, Plan, View};
 use crate::endpoint::{EndpointPolicy, TokenEndpoint};
@@ -85,6 +87,14 @@ pub struct Context {
     rate_limit: DefaultKeyedRateLimiter<String>,
     /// Credentials waiting for a rate limit, by token expiry.
     backlog: Mutex<Backlog>,
+    /// Token-endpoint calls in flight, per endpoint and namespace, and each
+    /// endpoint's circuit breaker.
+    calls: Mutex<Calls>,
+    shares: Shares,
+    /// The `token_type`s accepted from providers, as written to outputs.
+    token_types: Vec<String>,
+    /// The shortest interval between scheduled refreshes.
+    min_refresh_interval: Duration,
     endpoint_rate: f64,
     /// Reconciles that may wait for a rate limit at once; the rest of the
     /// backlog steps aside.

@@ -10,11 +10,13 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use tracing::{debug, warn};
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{debug, info, warn};
 
 use super::gather::Gathered;
 use super::sealing::SEALED_FORMAT;
 use super::{Context, Error, FIELD_MANAGER, force_annotation, kube_err};
+use crate::breaker::{Answered, Refused};
 use crate::classify::{self, Token};
 use crate::decision::{self, OutputSecret, RefreshReason};
 use crate::endpoint::TokenEndpoint;
@@ -23,7 +25,7 @@ use crate::output_secret;
 use crate::resource::{OAuthCredential, RefreshTokenState};
 use crate::schedule;
 use crate::seal::{Format, KeyRing};
-use crate::status::Attempt;
+use crate::status::{Attempt, Problem};
 use crate::validate::{self, Ready};
 
 /// What came of a refresh that got past validation.
@@ -35,6 +37,11 @@ pub(super) enum Outcome {
     NotLeader,
     /// The output name turned out to belong to someone else.
     Conflict,
+    /// The endpoint is paused (it kept not answering) until then.
+    Paused(Instant),
+    /// The new token could not be written to the output Secret (why); it is
+    /// kept in memory and written again without another call.
+    OutputNotWritten(String),
     /// The token endpoint refused, or could not be reached.
     Rejected {
         failure: classify::Failure,
@@ -43,6 +50,14 @@ pub(super) enum Outcome {
         latency: Duration,
     },
     Refreshed(Refreshed),
+}
+
+/// A good answer of the token endpoint.
+pub(super) struct Called {
+    token: Token,
+    sent_at: Timestamp,
+    answered_at: Timestamp,
+    latency: Duration,
 }
 
 pub(super) struct Refreshed {
@@ -56,6 +71,13 @@ pub(super) struct Refreshed {
     pub latency: Duration,
 }
 
+/// How soon a credential whose endpoint or namespace has its share of calls
+/// in flight comes back: after 1-2 s, spread by credential.
+fn busy_retry(credential: &OAuthCredential) -> Duration {
+    let spread = schedule::unit_interval(&credential.uid().unwrap_or_default());
+    Duration::from_millis(1_000 + (spread * 1_000.0) as u64)
+}
+
 impl Context {
     /// Gather, validate, act, record: one refresh attempt.
     pub(super) async fn refresh(
@@ -65,6 +87,25 @@ impl Context {
         output: OutputSecret,
         why: RefreshReason,
     ) -> Result<Action, Error> {
+        if let Some(pending) = self.memory.take_pending_output(credential)
+            && pending.expires_at > self.now()
+        {
+            return self.deliver(credential, pending, output, why).await;
+        }
+        if self.share_full(credential, endpoint) {
+            return Ok(Action::requeue(busy_retry(credential)));
+        }
+        if let Some(until) = self.paused_until(endpoint) {
+            let attempt = Attempt {
+                now: self.now(),
+                generation: credential.metadata.generation.unwrap_or(0),
+                inputs: self.input_versions(credential).await?,
+                forced: None,
+            };
+            return self
+                .record_pause(credential, attempt, &endpoint.origin(), until, why)
+                .await;
+        }
         let gathered = self.gather(credential, endpoint).await?;
         let attempt = Attempt {
             now: self.now(),
@@ -81,20 +122,80 @@ impl Context {
         let ready = match validate::validate(&input) {
             Ok(ready) => ready,
             Err(invalid) => {
-                let problem = (&invalid).into();
+                let problem: Problem = (&invalid).into();
+                info!(
+                    outcome = problem.reason,
+                    trigger = why.as_str(),
+                    "refresh not attempted"
+                );
                 return self
                     .record_failure(credential, attempt, problem, None, why.as_str())
                     .await;
             }
         };
-        let outcome = self
-            .act(credential, &gathered, &ready, output, &keys)
-            .await?;
+        let outcome = match self.call(credential, &ready).await {
+            Ok(called) => {
+                self.act(credential, &gathered, &ready, output, &keys, called)
+                    .await?
+            }
+            Err(outcome) => outcome,
+        };
         self.record(credential, attempt, outcome, ready.refresh_before, why)
             .await
     }
 
-    /// Rate-limit gate, fence, token call, rotation, output Secret.
+    /// Rate-limit gate, fence, the call's share, the token call, and the
+    /// answer's content: the new token, or what to record instead.
+    async fn call(&self, credential: &OAuthCredential, ready: &Ready) -> Result<Called, Outcome> {
+        let endpoint = &ready.endpoint;
+        if let Some(delay) = self.wait_for_rate_limit(credential, endpoint).await {
+            return Err(Outcome::SteppedAside(delay));
+        }
+        let sent_at = self.now();
+        // Fencing: a replica whose hold on the Lease might end during the
+        // call does not start it; the next leader will.
+        if !self.fence.allows(self.clock.instant()) {
+            debug!("not calling the token endpoint: leadership not assured for the call");
+            return Err(Outcome::NotLeader);
+        }
+        let mut slot = match self.start_call(credential, endpoint, self.shares) {
+            Ok(slot) => slot,
+            Err(Refused::Busy) => return Err(Outcome::SteppedAside(busy_retry(credential))),
+            Err(Refused::Paused(until)) => return Err(Outcome::Paused(until)),
+        };
+        let started = self.clock.instant();
+        let clock = self.clock.clone();
+        let result = self
+            .tokens
+            .refresh(endpoint, &ready.client, &ready.refresh_token, || {
+                clock.now()
+            })
+            .await
+            .and_then(|token| classify::check_content(token, &self.token_types));
+        let latency = self.clock.instant().saturating_duration_since(started);
+        slot.answered(answered(&result), self.clock.instant());
+        drop(slot);
+        let answered_at = self.clock.now();
+        let outcome = result.as_ref().map_or_else(|f| f.reason, |_| "success");
+        self.metrics.refresh(outcome, latency);
+        match result {
+            Ok(token) => Ok(Called {
+                token: without_echo(token, &ready.refresh_token),
+                sent_at,
+                answered_at,
+                latency,
+            }),
+            Err(failure) => Err(Outcome::Rejected {
+                failure,
+                answered_at,
+                latency,
+            }),
+        }
+    }
+
+    /// After a good answer: the rotated token stored first, then the output
+    /// Secret. A failed output write keeps the new token in memory, to be
+    /// written again without another call.
     async fn act(
         &self,
         credential: &OAuthCredential,
@@ -102,62 +203,71 @@ impl Context {
         ready: &Ready,
         output: OutputSecret,
         keys: &KeyRing,
+        called: Called,
     ) -> Result<Outcome, Error> {
-        if let Some(delay) = self
-            .wait_for_rate_limit(credential, ready.endpoint.host())
-            .await
-        {
-            return Ok(Outcome::SteppedAside(delay));
-        }
-        let sent_at = self.now();
-        // Fencing: a replica whose hold on the Lease might end during the
-        // call does not start it; the next leader will.
-        if !self.fence.allows(self.clock.now()) {
-            debug!("not calling the token endpoint: leadership not assured for the call");
-            return Ok(Outcome::NotLeader);
-        }
-        let started = self.clock.instant();
-        let clock = self.clock.clone();
-        let result = self
-            .tokens
-            .refresh(&ready.endpoint, &ready.client, &ready.refresh_token, || {
-                clock.now()
-            })
-            .await;
-        let latency = self.clock.instant().saturating_duration_since(started);
-        let answered_at = self.clock.now();
-        let outcome = result.as_ref().map_or_else(|f| f.reason, |_| "success");
-        self.metrics.refresh(outcome, latency);
-        let token = match result {
-            Ok(token) => token,
-            Err(failure) => {
-                return Ok(Outcome::Rejected {
-                    failure,
-                    answered_at,
-                    latency,
-                });
-            }
-        };
         let refresh_token = self
-            .store_rotation(credential, gathered, ready, &token, keys)
+            .store_rotation(credential, gathered, ready, &called.token, keys)
             .await?;
         let lifetime =
-            SignedDuration::try_from(token.expires_in).expect("classify bounds expires_in");
-        let expires_at = schedule::whole_seconds(sent_at + lifetime);
-        if !self
-            .write_output(credential, output, &token, expires_at)
-            .await?
-        {
-            return Ok(Outcome::Conflict);
-        }
-        Ok(Outcome::Refreshed(Refreshed {
-            token,
-            sent_at,
-            answered_at,
-            expires_at,
+            SignedDuration::try_from(called.token.expires_in).expect("classify bounds expires_in");
+        let refreshed = Refreshed {
+            expires_at: schedule::whole_seconds(called.sent_at + lifetime),
+            token: called.token,
+            sent_at: called.sent_at,
+            answered_at: called.answered_at,
             refresh_token,
-            latency,
-        }))
+            latency: called.latency,
+        };
+        self.publish_output(credential, refreshed, output).await
+    }
+
+    /// Writes the output Secret with a token obtained earlier whose write
+    /// failed, without calling the token endpoint again.
+    async fn deliver(
+        &self,
+        credential: &OAuthCredential,
+        pending: Refreshed,
+        output: OutputSecret,
+        why: RefreshReason,
+    ) -> Result<Action, Error> {
+        let attempt = Attempt {
+            now: self.now(),
+            generation: credential.metadata.generation.unwrap_or(0),
+            inputs: self.input_versions(credential).await?,
+            forced: decision::pending_force(
+                force_annotation(credential),
+                credential.status.as_ref(),
+            ),
+        };
+        let refresh_before = credential
+            .spec
+            .refresh_before
+            .as_deref()
+            .and_then(|t| schedule::parse_duration(t).ok());
+        let outcome = self.publish_output(credential, pending, output).await?;
+        self.record(credential, attempt, outcome, refresh_before, why)
+            .await
+    }
+
+    /// Writes the output Secret: refreshed, a conflict, or kept for later.
+    async fn publish_output(
+        &self,
+        credential: &OAuthCredential,
+        refreshed: Refreshed,
+        output: OutputSecret,
+    ) -> Result<Outcome, Error> {
+        match self
+            .write_output(credential, output, &refreshed.token, refreshed.expires_at)
+            .await
+        {
+            Ok(true) => Ok(Outcome::Refreshed(refreshed)),
+            Ok(false) => Ok(Outcome::Conflict),
+            Err(error) => {
+                let reason = error.to_string();
+                self.memory.keep_pending_output(credential, refreshed);
+                Ok(Outcome::OutputNotWritten(reason))
+            }
+        }
     }
 
     /// A rotated refresh token is the only copy of the grant: stored, sealed,
@@ -246,101 +356,6 @@ impl Context {
             Err(error) => Err(kube_err("write output Secret")(error)),
         }
     }
-
-    /// While the rate limit of the credential's token endpoint binds:
-    /// whether enough credentials whose tokens expire sooner are waiting that
-    /// this one should come back later (see `backlog`). Decided before any
-    /// read.
-    pub(super) fn step_aside(
-        &self,
-        credential: &OAuthCredential,
-        endpoint: &TokenEndpoint,
-    ) -> Option<Duration> {
-        if self.backlog.lock().expect("lock").is_empty() {
-            return None;
-        }
-        self.defer(credential, endpoint.host(), self.clock.instant(), false)
-    }
-
-    /// Waits for the per-endpoint rate limit, unless the credential steps
-    /// aside for those whose tokens expire sooner; then the delay after which
-    /// to come back.
-    async fn wait_for_rate_limit(
-        &self,
-        credential: &OAuthCredential,
-        host: &str,
-    ) -> Option<Duration> {
-        let host = host.to_string();
-        if self.rate_limit.check_key(&host).is_err() {
-            // Waiting (before the fence check, since the wait may be long).
-            if let Some(delay) = self.defer(credential, &host, self.clock.instant(), true) {
-                return Some(delay);
-            }
-            self.metrics.rate_limit_wait();
-            self.rate_limit.until_key_ready(&host).await;
-        }
-        self.backlog
-            .lock()
-            .expect("lock")
-            .leave(&backlog_key(credential));
-        None
-    }
-
-    /// The one backlog check: step aside when enough credentials that expire
-    /// sooner wait for `host`; otherwise, when `will_wait`, join the backlog.
-    fn defer(
-        &self,
-        credential: &OAuthCredential,
-        host: &str,
-        now: Instant,
-        will_wait: bool,
-    ) -> Option<Duration> {
-        let key = backlog_key(credential);
-        let place = backlog_place(credential, self.clock.now());
-        let mut backlog = self.backlog.lock().expect("lock");
-        let delay = backlog.step_aside(
-            host,
-            &key,
-            place,
-            now,
-            self.waiting_slots,
-            self.endpoint_rate,
-        );
-        match delay {
-            Some(_) => self.metrics.rate_limit_deferral(),
-            None if will_wait => backlog.enter(host, &key, place, now + Duration::from_secs(60)),
-            None => {}
-        }
-        delay
-    }
-}
-
-/// A credential's key in the rate-limit backlog.
-fn backlog_key(credential: &OAuthCredential) -> String {
-    format!(
-        "{}/{}",
-        credential.namespace().unwrap_or_default(),
-        credential.name_any()
-    )
-}
-
-/// The credential's place in the rate-limit backlog: when its access token
-/// expires, in unix seconds, while it is valid. A token that has already
-/// expired, or none at all, goes after every valid one: saving the tokens
-/// that can still be saved keeps the most workloads running (measured with
-/// 1,000 credentials due at once and 312 already expired: serving those first
-/// let 667 valid tokens expire).
-fn backlog_place(credential: &OAuthCredential, now: Timestamp) -> i64 {
-    const AFTER_EVERY_VALID_TOKEN: i64 = 1 << 40;
-    match credential
-        .status
-        .as_ref()
-        .and_then(|s| s.expires_at.as_ref())
-    {
-        Some(expiry) if expiry.0 > now => expiry.0.as_second(),
-        Some(expiry) => AFTER_EVERY_VALID_TOKEN + expiry.0.as_second(),
-        None => AFTER_EVERY_VALID_TOKEN,
-    }
 }
 
 /// The sealed format as status records it.
@@ -349,4 +364,26 @@ fn format_name(format: Format) -> String {
         Format::V1 => "v1".into(),
         Format::V2 => SEALED_FORMAT.into(),
     }
+}
+
+/// Whether the endpoint answered at all, for its circuit breaker: any HTTP
+/// status counts; a timeout or a failed connection does not.
+fn answered(result: &Result<Token, classify::Failure>) -> Answered {
+    match result {
+        Err(failure) if failure.http_status.is_none() && failure.unanswered() => Answered::No,
+        _ => Answered::Yes,
+    }
+}
+
+/// Some providers send the refresh token back unchanged on every refresh:
+/// that is no rotation, and nothing needs storing.
+fn without_echo(mut token: Token, sent: &SecretString) -> Token {
+    if token
+        .refresh_token
+        .as_ref()
+        .is_some_and(|r| r.expose_secret() == sent.expose_secret())
+    {
+        token.refresh_token = None;
+    }
+    token
 }

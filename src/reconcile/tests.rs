@@ -26,6 +26,7 @@ use tower_test::mock::{Handle, SendResponse};
 
 use super::{Context, ControllerConfig, reconcile};
 use crate::admin::Health;
+use crate::breaker::Shares;
 use crate::clock::{ManualClock, SharedClock};
 use crate::endpoint::EndpointPolicy;
 use crate::input_secrets::{CLIENT_SECRET_TYPE, InputKind, REFRESH_TOKEN_SECRET_TYPE};
@@ -137,6 +138,7 @@ fn refreshed_status(issued: &str, expires: &str, due: &str) -> OAuthCredentialSt
                 sealed_with: Some("k1".into()),
                 format: Some("v2".into()),
             },
+            short_lifetime: None,
         },
     );
     // As stored: round-tripped through JSON.
@@ -213,6 +215,12 @@ fn context(client: Client) -> Arc<Context> {
             allowed: vec!["http://127.0.0.1:*".parse().unwrap()],
         },
         operator_namespace: "oto-system".into(),
+        shares: Shares {
+            per_endpoint: 2,
+            per_namespace: 3,
+        },
+        token_types: vec!["Bearer".into()],
+        min_refresh_interval: Duration::from_secs(1),
     };
     let (credentials, _) = reflector::store();
     let (owned, mut owned_writer) = reflector::store::<PartialObjectMeta<Secret>>();

@@ -23,6 +23,7 @@ use tracing::debug;
 use super::{Context, FIELD_MANAGER, error_policy, memory::Memory, reconcile};
 use crate::admin::Health;
 use crate::backlog::Backlog;
+use crate::breaker::{Calls, Shares};
 use crate::clock::SharedClock;
 use crate::endpoint::EndpointPolicy;
 use crate::input_secrets::InputKind;
@@ -57,6 +58,12 @@ pub struct ControllerConfig {
     /// The operator's own namespace, where it keeps its seal keys: never
     /// served.
     pub operator_namespace: String,
+    /// Token-endpoint calls in flight allowed per endpoint and per namespace.
+    pub shares: Shares,
+    /// The `token_type`s accepted from providers.
+    pub token_types: Vec<String>,
+    /// The shortest interval between scheduled refreshes.
+    pub min_refresh_interval: Duration,
 }
 
 impl Context {
@@ -91,6 +98,10 @@ impl Context {
                 Quota::per_second(config.endpoint_rate).allow_burst(config.endpoint_burst),
             ),
             backlog: Mutex::new(Backlog::default()),
+            calls: Mutex::new(Calls::default()),
+            shares: config.shares,
+            token_types: config.token_types.clone(),
+            min_refresh_interval: config.min_refresh_interval,
             endpoint_rate: f64::from(config.endpoint_rate.get()),
             waiting_slots: usize::from(config.concurrency / 2).max(1),
         }
@@ -287,8 +298,32 @@ async fn follow_cache(store: Store<OAuthCredential>, ctx: Arc<Context>) {
         let state = store.state();
         ctx.metrics.observe(state.iter().map(|c| c.as_ref()));
         ctx.memory.forget_deleted(&state, &ctx.metrics);
+        drop(state);
         ctx.backlog.lock().expect("lock").prune(ctx.clock.instant());
+        // Hosts not called lately are forgotten.
+        ctx.rate_limit.retain_recent();
+        ctx.rate_limit.shrink_to_fit();
+        ctx.report_memory();
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+impl Context {
+    /// The sizes of what this process keeps per credential, Secret and
+    /// endpoint (`oauth_token_operator_tracked_entries`).
+    fn report_memory(&self) {
+        for (map, entries) in self.memory.sizes() {
+            self.metrics.set_tracked(map, entries);
+        }
+        let (secrets, versions) = self.references.sizes();
+        self.metrics.set_tracked("referenced_secrets", secrets);
+        self.metrics.set_tracked("secret_versions", versions);
+        self.metrics
+            .set_tracked("rate_limited_endpoints", self.rate_limit.len());
+        let backlog = self.backlog.lock().expect("lock").len();
+        self.metrics.set_tracked("rate_limit_backlog", backlog);
+        let calls = self.calls.lock().expect("calls lock").len();
+        self.metrics.set_tracked("endpoint_calls", calls);
     }
 }
 

@@ -5,20 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::jiff::SignedDuration;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::refresh::{Outcome, Refreshed};
 use super::{Context, Error, FIELD_MANAGER, force_annotation, kube_err};
 use crate::decision::{self, RefreshReason};
-use crate::resource::{Inputs, OAuthCredential, OAuthCredentialStatus};
+use crate::resource::{FailureCategory, Inputs, OAuthCredential, OAuthCredentialStatus};
 use crate::schedule;
-use crate::status::{self, Attempt, Failed, Problem, Success};
+use crate::status::{self, Attempt, Failed, Problem, Success, reason};
 use crate::validate::Invalid;
 
 /// How often a credential whose output name is taken looks again.
@@ -61,7 +62,61 @@ impl Context {
                 self.record_success(credential, attempt, refreshed, refresh_before, why)
                     .await
             }
+            Outcome::Paused(until) => {
+                let origin =
+                    crate::endpoint::TokenEndpoint::from_provider(&credential.spec.provider, true)
+                        .map(|e| e.origin())
+                        .unwrap_or_default();
+                self.record_pause(credential, attempt, &origin, until, why)
+                    .await
+            }
+            Outcome::OutputNotWritten(error) => {
+                let problem = Problem {
+                    category: FailureCategory::Transient,
+                    reason: reason::OUTPUT_WRITE_FAILED,
+                    message: format!(
+                        "a new access token was obtained but could not be written to Secret {} ({error}); \
+                         writing it again with backoff, without another call to the token endpoint",
+                        credential.spec.output.secret_name
+                    ),
+                    provider: Default::default(),
+                    http_status: None,
+                };
+                warn!(
+                    outcome = problem.reason,
+                    "output Secret not written; token kept"
+                );
+                self.record_failure(credential, attempt, problem, None, why.as_str())
+                    .await
+            }
         }
+    }
+
+    /// The endpoint is paused by its circuit breaker: no call, and a retry
+    /// when the pause ends.
+    pub(super) async fn record_pause(
+        &self,
+        credential: &OAuthCredential,
+        attempt: Attempt<'_>,
+        origin: &str,
+        until: std::time::Instant,
+        why: RefreshReason,
+    ) -> Result<Action, Error> {
+        let resume = self.wall_time_of(until);
+        let problem = Problem {
+            category: FailureCategory::Transient,
+            reason: reason::ENDPOINT_PAUSED,
+            message: format!(
+                "the token endpoint {origin} did not answer {} times in a row; calls to it are paused \
+                 until {resume} (other endpoints are not affected)",
+                crate::breaker::OPEN_AFTER
+            ),
+            provider: Default::default(),
+            http_status: None,
+        };
+        let retry_at = Some(schedule::whole_seconds(resume) + SignedDuration::from_secs(1));
+        self.write_failure(credential, attempt, problem, retry_at, why.as_str())
+            .await
     }
 
     async fn record_success(
@@ -73,12 +128,18 @@ impl Context {
         why: RefreshReason,
     ) -> Result<Action, Error> {
         let expires_at = refreshed.expires_at;
-        let refresh_at = schedule::refresh_time(
+        let scheduled = schedule::refresh_time(
             refreshed.sent_at,
             expires_at,
             refresh_before,
             &format!("{}/{expires_at}", jitter_seed(credential)),
         );
+        // A provider issuing tokens shorter-lived than the floor gets the
+        // floor, and says so, rather than a hot loop.
+        let floor = refreshed.sent_at
+            + SignedDuration::try_from(self.min_refresh_interval).expect("flag is bounded");
+        let refresh_at = scheduled.max(floor);
+        let short_lifetime = (scheduled < floor).then_some(self.min_refresh_interval);
         let now = schedule::whole_seconds(refreshed.answered_at);
         let desired = status::after_success(
             credential.status.as_ref(),
@@ -91,6 +152,7 @@ impl Context {
                 output_secret: &credential.spec.output.secret_name,
                 forced: attempt.forced,
                 refresh_token: refreshed.refresh_token,
+                short_lifetime,
             },
         );
         info!(
@@ -118,12 +180,16 @@ impl Context {
         retry: Option<(Timestamp, Option<Duration>)>,
         trigger: &'static str,
     ) -> Result<Action, Error> {
-        let now = attempt.now;
-        let (from, retry_after) = retry.unwrap_or((now, None));
+        let (from, retry_after) = retry.unwrap_or((attempt.now, None));
         let attempts = status::failed_attempts_after_failure(
             credential.status.as_ref(),
             attempt.forced.is_some(),
         );
+        let valid_until = credential
+            .status
+            .as_ref()
+            .and_then(|s| s.expires_at.as_ref())
+            .map(|t| t.0);
         // From the precise time of the answer: retry_time rounds up, so a
         // Retry-After is never cut short by the truncation.
         let retry_at = schedule::retry_time(
@@ -132,10 +198,29 @@ impl Context {
             attempts,
             retry_after,
             &jitter_seed(credential),
+            valid_until,
         );
-        if problem.http_status.is_none() {
-            info!(outcome = problem.reason, trigger, "refresh not attempted");
-        }
+        self.write_failure(credential, attempt, problem, retry_at, trigger)
+            .await
+    }
+
+    /// Writes the status of a failure to retry at `retry_at` (never, when
+    /// `None`), and says when to come back.
+    async fn write_failure(
+        &self,
+        credential: &OAuthCredential,
+        attempt: Attempt<'_>,
+        problem: Problem,
+        retry_at: Option<Timestamp>,
+        trigger: &'static str,
+    ) -> Result<Action, Error> {
+        let now = attempt.now;
+        debug!(
+            outcome = problem.reason,
+            trigger,
+            ?retry_at,
+            "recording a failure"
+        );
         let failed = Failed {
             attempt,
             problem,
@@ -168,6 +253,10 @@ impl Context {
         if recorded {
             return self.settle(credential, now, None).await;
         }
+        info!(
+            outcome = problem.reason,
+            "credential refused; nothing read, nothing called"
+        );
         let attempt = Attempt {
             now,
             generation,

@@ -237,7 +237,12 @@ async fn consent_creates_the_refresh_token_secret_and_the_operator_refreshes_wit
 
         let authorize = Authorize::start(&[&format!("{ns}/mail")], None);
         let url = authorize.consent_url().await;
-        let page = follow(&consent(&url).await).await;
+        let location = consent(&url).await;
+        // A stray request with another state reaches the listener first: it
+        // is refused, and does not end the consent.
+        let stray = location.replace("state=", "state=stray");
+        assert!(follow(&stray).await.contains("Authorization failed"));
+        let page = follow(&location).await;
         assert!(page.contains("Consent received"), "{page}");
         let (success, stdout, stderr) = authorize.finish().await;
         assert!(success, "authorize failed:\n{stderr}");
@@ -472,14 +477,17 @@ async fn every_failure_is_explained_and_leaves_the_secret_as_it_was() {
             assert_eq!(now.data, before.data);
         };
 
-        // A redirect whose state was altered (or that another page forged).
-        let said = fails(&ns, &[], None, |url| async move {
+        // A redirect whose state was altered (or that another page forged)
+        // is refused, and the wait goes on until the timeout.
+        let said = fails(&ns, &["--timeout", "4s"], None, |url| async move {
             let location = consent(&url).await.replace("state=", "state=x");
             let page = follow(&location).await;
             assert!(page.contains("Authorization failed"), "{page}");
         })
         .await;
+        assert!(said.contains("Ignored a redirect"), "{said}");
         assert!(said.contains("state does not match"), "{said}");
+        assert!(said.contains("no consent arrived within 4s"), "{said}");
         unchanged().await;
 
         server.consent(Consent::Deny);

@@ -11,6 +11,7 @@ mod crd;
 mod leader;
 mod operator;
 mod rbac;
+mod resilience;
 mod runtime;
 mod sealing;
 mod security;

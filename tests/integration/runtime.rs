@@ -37,6 +37,8 @@ fn run_args(ns: &str, lease: &str) -> RunArgs {
         "5s",
         "--token-request-timeout",
         "3s",
+        "--lease-skew-margin",
+        "1s",
     ])
     .expect("valid flags");
     match cli.command {

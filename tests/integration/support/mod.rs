@@ -2,6 +2,7 @@
 //! namespace per test, deleted afterwards even when the test fails.
 
 pub mod fixtures;
+pub mod keepalive_server;
 pub mod objects;
 pub mod operator;
 pub mod token_server;

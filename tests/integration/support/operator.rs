@@ -94,7 +94,11 @@ impl Operator {
                     .into_iter()
                     .flatten(),
             )
-            .args(["--token-request-timeout", "3s"])
+            .args(self.default_unless_given("--token-request-timeout", "3s"))
+            // Tests use tokens of seconds, and leases of seconds with a
+            // 3 s request timeout; each test may say otherwise.
+            .args(self.default_unless_given("--min-refresh-interval", "1s"))
+            .args(self.default_unless_given("--lease-skew-margin", "1s"))
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
@@ -113,6 +117,15 @@ impl Operator {
         capture(child.stdout.take().unwrap(), self.output.clone());
         capture(child.stderr.take().unwrap(), self.output.clone());
         self.child = Some(child);
+    }
+
+    /// `[flag, value]` unless the test's own arguments set `flag`.
+    fn default_unless_given(&self, flag: &'static str, value: &'static str) -> Vec<&'static str> {
+        if self.extra_args.iter().any(|a| a == flag) {
+            Vec::new()
+        } else {
+            vec![flag, value]
+        }
     }
 
     /// Stops with SIGTERM and waits, as Kubernetes would.

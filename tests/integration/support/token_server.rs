@@ -133,6 +133,10 @@ struct Inner {
     scripted: VecDeque<Scripted>,
     /// Answer every token request with an error that repeats the request.
     echo: bool,
+    /// Send the refresh token back unchanged in every success.
+    echo_refresh_token: bool,
+    /// Never answer a token request (the connection stays open).
+    black_hole: bool,
     calls: Vec<Call>,
     issued: Vec<String>,
     consent: Consent,
@@ -233,6 +237,17 @@ impl TokenServer {
         self.inner.lock().unwrap().echo = on;
     }
 
+    /// Makes every success carry the same refresh token back, unchanged, as
+    /// some servers do: not a rotation.
+    pub fn echo_refresh_token(&self, on: bool) {
+        self.inner.lock().unwrap().echo_refresh_token = on;
+    }
+
+    /// Makes the endpoint never answer: requests are read and held.
+    pub fn black_hole(&self, on: bool) {
+        self.inner.lock().unwrap().black_hole = on;
+    }
+
     pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
         self.inner.lock().unwrap().scripted.extend(answers);
     }
@@ -317,10 +332,20 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
     let grant_type = form_field(&form, "grant_type")
         .unwrap_or_default()
         .to_string();
-    let (scripted, echo) = {
+    let (scripted, echo, black_hole) = {
         let mut inner = server.inner.lock().unwrap();
-        (inner.scripted.pop_front(), inner.echo)
+        (inner.scripted.pop_front(), inner.echo, inner.black_hole)
     };
+    if black_hole {
+        server.inner.lock().unwrap().calls.push(Call {
+            at: SystemTime::now(),
+            grant_type: grant_type.clone(),
+            refresh_token: refresh_token.clone(),
+            status: 0,
+            grant: None,
+        });
+        std::future::pending::<()>().await;
+    }
     let response = match scripted {
         Some(answer) => {
             tokio::time::sleep(answer.delay).await;
@@ -527,7 +552,7 @@ fn answer(
             "only refresh_token",
         );
     }
-    let (rotate, lifetime, scope) = {
+    let (rotate, lifetime, scope, echo_refresh_token) = {
         let mut inner = server.inner.lock().unwrap();
         let grant = inner.grants.get(refresh_token).copied();
         if let Some(retired_at) = inner.retired.get(refresh_token).copied() {
@@ -554,7 +579,12 @@ fn answer(
                 "Token has been expired or revoked.",
             );
         }
-        (inner.rotate, inner.lifetime_secs, inner.scope.clone())
+        (
+            inner.rotate,
+            inner.lifetime_secs,
+            inner.scope.clone(),
+            inner.echo_refresh_token,
+        )
     };
     let access = server.fresh("at");
     let mut body = serde_json::json!({
@@ -575,6 +605,8 @@ fn answer(
             inner.grants.insert(next.clone(), grant);
         }
         body["refresh_token"] = serde_json::Value::String(next);
+    } else if echo_refresh_token {
+        body["refresh_token"] = serde_json::Value::String(refresh_token.to_string());
     }
     (
         StatusCode::OK,
