@@ -15,7 +15,7 @@ use crate::resource::OAuthCredential;
 use crate::runtime::{self, RunArgs, RunError};
 use crate::schedule::parse_duration;
 use crate::summary;
-use crate::{authorize, opt_in};
+use crate::{authorize, force_refresh, opt_in};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +45,40 @@ pub enum Command {
     /// Re-create a credential's existing Opaque client and refresh-token
     /// Secrets with the types that opt them in as inputs, keeping their data.
     OptIn(OptInArgs),
+    /// Ask the operator to refresh now (one credential, those matching a
+    /// selector, or all), and wait for the outcome.
+    Refresh(RefreshArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// The credential, as `<namespace>/<name>`, or `<name>` in the namespace
+    /// of `-n` or of the kubeconfig context. Or use `-l` or `--all`.
+    #[arg(required_unless_present_any = ["selector", "all"], conflicts_with_all = ["selector", "all", "all_namespaces"])]
+    pub credential: Option<String>,
+
+    /// Refresh the credentials matching this label selector.
+    #[arg(short = 'l', long, conflicts_with = "all")]
+    pub selector: Option<String>,
+
+    /// Refresh every credential (in the namespace, or with -A everywhere).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Namespace of the credentials. Default: the kubeconfig context's.
+    #[arg(short, long, conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+
+    /// With -l or --all: in every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    /// How long to wait for the outcomes; `0s` returns once asked.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub wait: Duration,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -116,9 +150,18 @@ pub struct StatusArgs {
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
 
-    /// Output format.
+    /// Only credentials matching this label selector.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+
+    /// Output format: `table`, `wide` (more columns), `json` or `yaml`.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+
+    /// Exit with status 3 when any listed credential needs a person
+    /// (ReauthRequired=True), for scripts and CI.
+    #[arg(long)]
+    pub fail_on_reauth: bool,
 
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -127,7 +170,9 @@ pub struct StatusArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
+    Wide,
     Json,
+    Yaml,
 }
 
 /// Why a command failed; printed as `error: <message>`.
@@ -156,6 +201,23 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("cannot print JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("cannot print YAML: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+    #[error(transparent)]
+    Refresh(#[from] force_refresh::Error),
+    #[error("{0} credential(s) need a person (ReauthRequired=True)")]
+    ReauthRequired(usize),
+}
+
+impl Error {
+    /// The process exit status: 3 for `status --fail-on-reauth` finding a
+    /// credential that needs a person, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::ReauthRequired(_) => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// Runs a parsed command line.
@@ -182,6 +244,7 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             Ok(authorize::run(client, options).await?)
         }
         Command::Status(args) => status(args).await,
+        Command::Refresh(args) => refresh(args).await,
         Command::OptIn(args) => {
             let client = args.kube.client().await?;
             let (namespace, name) =
@@ -259,23 +322,59 @@ async fn status(args: StatusArgs) -> Result<(), Error> {
             .unwrap_or_else(|| client.default_namespace().to_string());
         Api::namespaced(client.clone(), &namespace)
     };
+    let mut params = ListParams::default();
+    if let Some(selector) = &args.selector {
+        params = params.labels(selector);
+    }
     let list = credentials
-        .list(&ListParams::default())
+        .list(&params)
         .await
         .map_err(|e| ApiError::new("cannot list OAuthCredentials", e))?;
     let now = Timestamp::now();
     let rows = summary::rows(&list.items, &program_name(), now);
+    let items = serde_json::json!({ "items": rows });
+    let columns = summary::Columns {
+        namespace: args.all_namespaces,
+        wide: args.output == OutputFormat::Wide,
+    };
     match args.output {
-        OutputFormat::Json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "items": rows }))?
-            );
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&items)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml_ng::to_string(&items)?),
+        _ if rows.is_empty() => eprintln!("No OAuthCredentials found."),
+        OutputFormat::Table | OutputFormat::Wide => {
+            print!("{}", summary::table(&rows, columns, now))
         }
-        OutputFormat::Table if rows.is_empty() => eprintln!("No OAuthCredentials found."),
-        OutputFormat::Table => print!("{}", summary::table(&rows, args.all_namespaces, now)),
+    }
+    let waiting = rows.iter().filter(|r| r.reauth_required == "True").count();
+    if args.fail_on_reauth && waiting > 0 {
+        return Err(Error::ReauthRequired(waiting));
     }
     Ok(())
+}
+
+async fn refresh(args: RefreshArgs) -> Result<(), Error> {
+    let client = args.kube.client().await?;
+    let namespace = || {
+        (!args.all_namespaces).then(|| {
+            args.namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string())
+        })
+    };
+    let targets = match (&args.credential, &args.selector) {
+        (Some(given), _) => {
+            let (namespace, name) = credential_name(given, args.namespace.as_deref(), &client)?;
+            force_refresh::Targets::One { namespace, name }
+        }
+        (None, Some(selector)) => force_refresh::Targets::Selected {
+            namespace: namespace(),
+            selector: selector.clone(),
+        },
+        (None, None) => force_refresh::Targets::All {
+            namespace: namespace(),
+        },
+    };
+    Ok(force_refresh::run(client, targets, args.wait).await?)
 }
 
 /// The CRD as committed in `crds/`.

@@ -49,6 +49,39 @@ pub struct Metrics {
     rate_limit_deferrals: Counter,
     scheduled: Gauge<i64, AtomicI64>,
     tracked: Family<MapLabels, Gauge>,
+    lifecycle: Lifecycle,
+}
+
+/// The metrics of output Secrets and grants over their lifetime.
+struct Lifecycle {
+    output_restores: Counter,
+    revocations: Family<OutcomeLabels, Counter>,
+    refresh_token_earliest_expiry: Gauge<f64, AtomicU64>,
+}
+
+impl Lifecycle {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            output_restores: register(
+                registry,
+                "output_restores",
+                "Output Secrets written again, without a token call, after someone deleted them or changed their data",
+                Counter::default(),
+            ),
+            revocations: register(
+                registry,
+                "revocations",
+                "Refresh-token revocations at credential deletion (revokeOnDelete), by outcome: revoked, or failed (the credential went without one)",
+                Family::<OutcomeLabels, Counter>::default(),
+            ),
+            refresh_token_earliest_expiry: register(
+                registry,
+                "refresh_token_earliest_expiry_timestamp_seconds",
+                "Unix time at which the first refresh token with a known expiry (time-limited grants) expires, among all credentials (0 when none)",
+                Gauge::<f64, AtomicU64>::default(),
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,8 +160,10 @@ impl Metrics {
             "Entries the operator keeps in memory, by map; they shrink as credentials, Secrets and endpoints go",
             Family::<MapLabels, Gauge>::default(),
         );
+        let lifecycle = Lifecycle::register(&mut registry);
         Self {
             registry,
+            lifecycle,
             refresh_attempts,
             refresh_duration,
             reconcile_errors,
@@ -141,6 +176,19 @@ impl Metrics {
             scheduled,
             tracked,
         }
+    }
+
+    /// An output Secret written again without a token call.
+    pub fn output_restored(&self) {
+        self.lifecycle.output_restores.inc();
+    }
+
+    /// A revocation at deletion: `revoked` or `failed`.
+    pub fn revocation(&self, outcome: &'static str) {
+        self.lifecycle
+            .revocations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// The metrics of calls and reconciles.
@@ -216,6 +264,7 @@ impl Metrics {
         let mut counts = [[0i64; 3]; 3];
         let mut earliest: Option<Timestamp> = None;
         let mut next: Option<Timestamp> = None;
+        let mut refresh_token_expiry: Option<Timestamp> = None;
         let state = |value: Option<&str>| match value {
             Some("True") => 0,
             Some("False") => 1,
@@ -240,6 +289,12 @@ impl Metrics {
             if let Some(at) = status.and_then(|s| s.refresh_at.as_ref()) {
                 next = Some(next.map_or(at.0, |n| n.min(at.0)));
             }
+            let grant_expiry = status
+                .and_then(|s| s.refresh_token.as_ref())
+                .and_then(|r| r.expires_at.as_ref());
+            if let Some(at) = grant_expiry {
+                refresh_token_expiry = Some(refresh_token_expiry.map_or(at.0, |e| e.min(at.0)));
+            }
         }
         for (r, ready) in STATES.iter().enumerate() {
             for (a, reauth_required) in STATES.iter().enumerate() {
@@ -255,6 +310,9 @@ impl Metrics {
             .set(earliest.map_or(0.0, |t| t.as_second() as f64));
         self.next_refresh
             .set(next.map_or(0.0, |t| t.as_second() as f64));
+        self.lifecycle
+            .refresh_token_earliest_expiry
+            .set(refresh_token_expiry.map_or(0.0, |t| t.as_second() as f64));
     }
 
     /// The Prometheus text exposition.

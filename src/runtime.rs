@@ -150,6 +150,12 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_MIN_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub min_refresh_interval: Duration,
 
+    /// How long before a refresh token's own expiry (a time-limited grant,
+    /// `status.refreshToken.expiresAt`) the credential turns to the Ready
+    /// reason RefreshTokenExpiring, with a warning event.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_REFRESH_TOKEN_EXPIRY_WARNING", default_value = "168h", value_parser = parse_duration)]
+    pub refresh_token_expiry_warning: Duration,
+
     /// A `token_type` accepted in token-endpoint answers (compared without
     /// case; written to output Secrets as given here). Repeat the flag for
     /// more; answers with another type are refused (InvalidTokenResponse).
@@ -458,6 +464,7 @@ fn controller_config(
         },
         token_types: args.token_types.clone(),
         min_refresh_interval: args.min_refresh_interval.max(Duration::from_secs(1)),
+        refresh_token_warning: args.refresh_token_expiry_warning,
     }
 }
 

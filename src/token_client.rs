@@ -114,6 +114,25 @@ impl TokenClient {
         self.grant(endpoint, client, form, &secrets, now).await
     }
 
+    /// Revokes `refresh_token` at a revocation endpoint (RFC 7009 §2.1),
+    /// authenticating the client as at the token endpoint. The token goes in
+    /// the form body, never in the URL.
+    pub async fn revoke(
+        &self,
+        endpoint: &TokenEndpoint,
+        client: &ClientCredentials,
+        refresh_token: &SecretString,
+        now: impl Fn() -> Timestamp,
+    ) -> Result<(), Failure> {
+        let form = vec![
+            ("token", refresh_token.expose_secret()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let secrets = [refresh_token.expose_secret()];
+        let answered = self.post(endpoint, client, form, &secrets).await?;
+        classify::classify_revocation(&answered.answer(), now())
+    }
+
     /// Posts a grant with the client's authentication and classifies the
     /// answer, with every secret the request carried (`secrets`, the client's
     /// id and secret, the Basic credentials) scrubbed from provider text.
@@ -121,10 +140,22 @@ impl TokenClient {
         &self,
         endpoint: &TokenEndpoint,
         client: &ClientCredentials,
-        mut form: Vec<(&str, &str)>,
+        form: Vec<(&str, &str)>,
         secrets: &[&str],
         now: impl Fn() -> Timestamp,
     ) -> Result<Token, Failure> {
+        let answered = self.post(endpoint, client, form, secrets).await?;
+        classify::classify(&answered.answer(), now())
+    }
+
+    /// Posts a form with the client's authentication and reads the answer.
+    async fn post(
+        &self,
+        endpoint: &TokenEndpoint,
+        client: &ClientCredentials,
+        mut form: Vec<(&str, &str)>,
+        secrets: &[&str],
+    ) -> Result<Answered, Failure> {
         let mut sent: Vec<String> = Vec::new();
         for secret in secrets.iter().copied().chain([
             client.client_id.as_str(),
@@ -166,16 +197,34 @@ impl TokenClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let (body, truncated) = read_capped(response).await.map_err(network_failure)?;
-        classify::classify(
-            &Answer {
-                status,
-                retry_after: retry_after.as_deref(),
-                body: &body,
-                truncated,
-                sent_secrets: &sent,
-            },
-            now(),
-        )
+        Ok(Answered {
+            status,
+            retry_after,
+            body,
+            truncated,
+            sent,
+        })
+    }
+}
+
+/// An HTTP answer as read, with the secrets its request carried.
+struct Answered {
+    status: u16,
+    retry_after: Option<String>,
+    body: Vec<u8>,
+    truncated: bool,
+    sent: Vec<String>,
+}
+
+impl Answered {
+    fn answer(&self) -> Answer<'_> {
+        Answer {
+            status: self.status,
+            retry_after: self.retry_after.as_deref(),
+            body: &self.body,
+            truncated: self.truncated,
+            sent_secrets: &self.sent,
+        }
     }
 }
 

@@ -28,6 +28,40 @@ pub(super) struct Memory {
     /// New tokens whose output Secret could not be written: written again
     /// without another call while they are valid.
     pending_outputs: Mutex<HashMap<Key, Refreshed>>,
+    /// What the output Secret should hold: the version we wrote or checked,
+    /// the hash of our data, and the token we wrote (while we have it).
+    outputs: Mutex<HashMap<Key, OutputRecord>>,
+}
+
+/// What this process knows of a credential's output Secret.
+pub(super) struct OutputRecord {
+    /// `resourceVersion` of the Secret as the operator wrote or checked it.
+    pub version: String,
+    /// The version before our last write: a lagging cache may still show it.
+    pub superseded: Option<String>,
+    /// SHA-256 of the data the operator wrote (after a restart: the
+    /// annotation's, until the next write).
+    pub data_hash: String,
+    /// The token last written, and the credential (uid and generation) it
+    /// was written for; `None` after a restart or an adoption.
+    pub written: Option<(Refreshed, Written)>,
+}
+
+/// Which credential, in which generation, a token was written for: a
+/// credential deleted and created again under its name is another one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Written {
+    pub uid: String,
+    pub generation: i64,
+}
+
+impl Written {
+    pub fn of(credential: &OAuthCredential) -> Self {
+        Written {
+            uid: credential.metadata.uid.clone().unwrap_or_default(),
+            generation: credential.metadata.generation.unwrap_or(0),
+        }
+    }
 }
 
 impl Memory {
@@ -45,6 +79,112 @@ impl Memory {
 
     pub fn take_pending_output(&self, credential: &OAuthCredential) -> Option<Refreshed> {
         lock(&self.pending_outputs).remove(&ObjectRef::from_obj(credential))
+    }
+
+    /// Remembers a write of the output Secret: its new version, the hash of
+    /// its data, and the token written (if this process has it).
+    pub fn wrote_output(
+        &self,
+        credential: &OAuthCredential,
+        version: String,
+        data_hash: String,
+        written: Option<(Refreshed, Written)>,
+    ) {
+        let mut outputs = lock(&self.outputs);
+        let key = ObjectRef::from_obj(credential);
+        let superseded = outputs.remove(&key).map(|r| r.version);
+        outputs.insert(
+            key,
+            OutputRecord {
+                version,
+                superseded,
+                data_hash,
+                written,
+            },
+        );
+    }
+
+    /// Whether `version` of the output Secret is one we know to hold our
+    /// data; remembers it as such, with `data_hash`, when nothing is known
+    /// yet (after a restart). `None`: unknown, to be checked.
+    pub fn output_known(
+        &self,
+        credential: &OAuthCredential,
+        version: &str,
+        data_hash: Option<&str>,
+    ) -> Option<()> {
+        let mut outputs = lock(&self.outputs);
+        let key = ObjectRef::from_obj(credential);
+        match outputs.get(&key) {
+            Some(r) if r.version == version || r.superseded.as_deref() == Some(version) => Some(()),
+            Some(_) => None,
+            None => {
+                outputs.insert(
+                    key,
+                    OutputRecord {
+                        version: version.to_string(),
+                        superseded: None,
+                        data_hash: data_hash.unwrap_or_default().to_string(),
+                        written: None,
+                    },
+                );
+                Some(())
+            }
+        }
+    }
+
+    /// The hash of the data the output Secret should hold.
+    pub fn output_hash(&self, credential: &OAuthCredential) -> Option<String> {
+        lock(&self.outputs)
+            .get(&ObjectRef::from_obj(credential))
+            .map(|r| r.data_hash.clone())
+    }
+
+    /// Marks `version` as checked: its data is ours (someone changed only
+    /// metadata).
+    pub fn output_checked(&self, credential: &OAuthCredential, version: String) {
+        if let Some(record) = lock(&self.outputs).get_mut(&ObjectRef::from_obj(credential)) {
+            record.version = version;
+        }
+    }
+
+    /// The token last written to the output Secret, if this process holds it
+    /// for this very credential and generation, and it is valid after `now`.
+    pub fn restorable(
+        &self,
+        credential: &OAuthCredential,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Option<Refreshed> {
+        self.with_restorable(credential, now, Refreshed::clone)
+    }
+
+    /// Whether `restorable` would give a token (without copying it).
+    pub fn can_restore(
+        &self,
+        credential: &OAuthCredential,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> bool {
+        self.with_restorable(credential, now, |_| ()).is_some()
+    }
+
+    fn with_restorable<T>(
+        &self,
+        credential: &OAuthCredential,
+        now: k8s_openapi::jiff::Timestamp,
+        f: impl FnOnce(&Refreshed) -> T,
+    ) -> Option<T> {
+        let outputs = lock(&self.outputs);
+        let (refreshed, written_for) = outputs
+            .get(&ObjectRef::from_obj(credential))?
+            .written
+            .as_ref()?;
+        (*written_for == Written::of(credential) && refreshed.expires_at > now)
+            .then(|| f(refreshed))
+    }
+
+    /// Forgets the output Secret of a credential (it was orphaned).
+    pub fn forget_output(&self, credential: &OAuthCredential) {
+        lock(&self.outputs).remove(&ObjectRef::from_obj(credential));
     }
 
     pub fn inspected(&self, credential: &OAuthCredential) -> Option<String> {
@@ -105,14 +245,16 @@ impl Memory {
         lock(&self.inspected).retain(|key, _| present.contains(key));
         lock(&self.written).retain(|key, _| present.contains(key));
         lock(&self.pending_outputs).retain(|key, _| present.contains(key));
+        lock(&self.outputs).retain(|key, _| present.contains(key));
         let mut scheduled = lock(&self.scheduled);
         scheduled.retain(|key| present.contains(key));
         metrics.set_scheduled(scheduled.len());
     }
 
     /// How many entries each map holds, by name (for the memory metric).
-    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+    pub fn sizes(&self) -> [(&'static str, usize); 6] {
         [
+            ("outputs", lock(&self.outputs).len()),
             ("unstored_rotations", lock(&self.unstored_rotations).len()),
             ("inspected", lock(&self.inspected).len()),
             ("written_status", lock(&self.written).len()),

@@ -64,6 +64,8 @@ pub struct ControllerConfig {
     pub token_types: Vec<String>,
     /// The shortest interval between scheduled refreshes.
     pub min_refresh_interval: Duration,
+    /// How long before a refresh token's own expiry the credential warns.
+    pub refresh_token_warning: Duration,
 }
 
 impl Context {
@@ -101,6 +103,7 @@ impl Context {
             calls: Mutex::new(Calls::default()),
             shares: config.shares,
             token_types: config.token_types.clone(),
+            refresh_token_warning: config.refresh_token_warning,
             min_refresh_interval: config.min_refresh_interval,
             endpoint_rate: f64::from(config.endpoint_rate.get()),
             waiting_slots: usize::from(config.concurrency / 2).max(1),

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use oauth_token_operator::input_secrets::REFRESH_TOKEN_SECRET_TYPE;
 use oauth_token_operator::resource::{
     ClientAuthentication, OAuthCredential, READY, REAUTH_REQUIRED,
 };
@@ -720,6 +721,87 @@ async fn nothing_is_sent_to_endpoints_the_operator_has_not_allowed_nor_stored_in
             before.metadata.resource_version
         );
         assert!(allowed.authorization_requests().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_documented_role_suffices_and_a_time_limited_grant_is_recorded() {
+    with_namespace("authz-role", |client, ns| async move {
+        ensure_crd(&client).await;
+        let server = TokenServer::start(Duration::from_secs(3600)).await;
+        server.refresh_token_expires_in(Some(7 * 24 * 3600));
+        create_client_secret(&client, &ns).await;
+        create_authorizable(&client, &ns, &server, "mail", &[GMAIL_SEND]).await;
+        // The refresh-token Secret exists, empty, as the Role's comment says.
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &typed_secret("mail-refresh", REFRESH_TOKEN_SECRET_TYPE, &[]),
+            )
+            .await
+            .unwrap();
+        // examples/rbac/authorize-role.yaml, for this namespace and credential.
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/rbac/authorize-role.yaml"
+        ))
+        .unwrap()
+        .replace("team-a", &ns)
+        .replace("google-oauth-client", CLIENT_SECRET_NAME)
+        .replace("gmail-sender", "mail");
+        let role: Role = serde_yaml_ng::from_str(&example).unwrap();
+        Api::<Role>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        let user = format!("person-{ns}");
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "person"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        let kubeconfig = kubeconfig_as(&user, &format!("oto-{ns}-person.kubeconfig"));
+        let _operator = Operator::start(&ns);
+
+        let authorize = Authorize::start(&[&format!("{ns}/mail")], Some(&kubeconfig));
+        let url = authorize.consent_url().await;
+        follow(&consent(&url).await).await;
+        let (success, stdout, stderr) = authorize.finish().await;
+        let _ = std::fs::remove_file(&kubeconfig);
+        assert!(success, "authorize with the documented Role failed:\n{stderr}");
+        assert!(stdout.contains(&format!("{ns}/mail is Ready")), "{stdout}");
+
+        // The grant's end, from the code exchange, kept on the Secret and in
+        // status.
+        let stored = secret(&client, &ns, "mail-refresh").await.unwrap();
+        let recorded: k8s_openapi::jiff::Timestamp = stored
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("oauth.tokenoperator.io/refresh-token-expires-at"))
+            .expect("the annotation")
+            .parse()
+            .unwrap();
+        let in_a_week = k8s_openapi::jiff::Timestamp::now()
+            + k8s_openapi::jiff::SignedDuration::from_secs(7 * 24 * 3600);
+        assert!(
+            in_a_week.duration_since(recorded).as_secs().abs() < 60,
+            "{recorded}"
+        );
+        let status = status_of(&client, &ns, "mail").await;
+        let expires = status.refresh_token.and_then(|r| r.expires_at).unwrap().0;
+        assert!(expires.duration_since(recorded).as_secs().abs() < 60, "{expires}");
+        // A week left is within the default warning (7 days): said so.
+        assert_eq!(
+            status.conditions.iter().find(|c| c.type_ == READY).unwrap().reason,
+            "RefreshTokenExpiring"
+        );
     })
     .await;
 }

@@ -5,10 +5,12 @@
 mod admin;
 mod authorize;
 mod chart;
+mod cli;
 mod control_plane_smoke;
 mod crash;
 mod crd;
 mod leader;
+mod lifecycle;
 mod operator;
 mod rbac;
 mod resilience;

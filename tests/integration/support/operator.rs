@@ -18,6 +18,8 @@ pub struct Operator {
     allow_loopback_endpoints: bool,
     /// Everything every run of this operator printed.
     output: Arc<Mutex<String>>,
+    /// Where in `output` the latest run's begins.
+    run_start: usize,
     kubeconfig: Option<std::path::PathBuf>,
 }
 
@@ -69,6 +71,7 @@ impl Operator {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             allow_loopback_endpoints,
             output: Arc::new(Mutex::new(String::new())),
+            run_start: 0,
             kubeconfig: kubeconfig.map(|p| p.to_path_buf()),
         };
         operator.spawn();
@@ -76,6 +79,7 @@ impl Operator {
     }
 
     fn spawn(&mut self) {
+        self.run_start = self.output.lock().unwrap().len();
         let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
             .args([
                 "run",
@@ -165,11 +169,13 @@ impl Operator {
         self.spawn();
     }
 
-    /// The admin server's base URL, once the operator has logged it.
+    /// The admin server's base URL, once the operator (its latest run) has
+    /// logged it.
     pub async fn admin_url(&self) -> String {
         for _ in 0..100 {
             let output = self.output();
-            let found = output
+            // The latest run's, after a restart.
+            let found = output[self.run_start..]
                 .lines()
                 .filter(|l| l.contains("admin server listening"))
                 .find_map(|line| {

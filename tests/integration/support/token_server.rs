@@ -145,6 +145,13 @@ struct Inner {
     authorization_requests: Vec<Vec<(String, String)>>,
     /// Refresh tokens issued by code exchanges.
     consented: Vec<String>,
+    /// `refresh_token_expires_in` to put in every success, as Google does
+    /// for time-limited grants.
+    refresh_token_expires_in: Option<u64>,
+    /// Revocation requests (RFC 7009): the token each presented.
+    revocations: Vec<String>,
+    /// Revocation requests still to answer with 503.
+    failing_revocations: u32,
 }
 
 #[derive(Clone)]
@@ -173,6 +180,7 @@ impl TokenServer {
         let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/token", post(token))
+            .route("/revoke", post(revoke))
             .route("/authorize", axum::routing::get(authorize))
             .with_state(server.clone());
         tokio::spawn(async move {
@@ -183,6 +191,30 @@ impl TokenServer {
 
     pub fn url(&self) -> String {
         format!("http://{}/token", self.addr)
+    }
+
+    pub fn revocation_url(&self) -> String {
+        format!("http://{}/revoke", self.addr)
+    }
+
+    /// Puts `refresh_token_expires_in` (seconds) in every success from now.
+    pub fn refresh_token_expires_in(&self, seconds: Option<u64>) {
+        self.inner.lock().unwrap().refresh_token_expires_in = seconds;
+    }
+
+    /// Answers the next `count` revocation requests with 503.
+    pub fn fail_revocations(&self, count: u32) {
+        self.inner.lock().unwrap().failing_revocations = count;
+    }
+
+    /// The token of every revocation request so far.
+    pub fn revocations(&self) -> Vec<String> {
+        self.inner.lock().unwrap().revocations.clone()
+    }
+
+    /// Whether a refresh token still works.
+    pub fn is_live(&self, refresh_token: &str) -> bool {
+        self.inner.lock().unwrap().live.contains(refresh_token)
     }
 
     pub fn authorization_url(&self) -> String {
@@ -384,6 +416,31 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
     response
 }
 
+/// `POST /revoke` (RFC 7009): revokes the presented refresh token for a
+/// known client; 200 also for an unknown token, as the RFC says.
+async fn revoke(State(server): State<TokenServer>, headers: HeaderMap, body: String) -> Response {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let token = form_field(&form, "token").unwrap_or_default().to_string();
+    let mut inner = server.inner.lock().unwrap();
+    inner.revocations.push(token.clone());
+    if inner.failing_revocations > 0 {
+        inner.failing_revocations -= 1;
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "try later",
+        );
+    }
+    drop(inner);
+    if !client_is_known(&headers, &form) {
+        return unknown_client();
+    }
+    server.inner.lock().unwrap().live.remove(&token);
+    StatusCode::OK.into_response()
+}
+
 fn echoed(headers: &HeaderMap, body: &str) -> Response {
     let authorization = headers
         .get("authorization")
@@ -511,13 +568,19 @@ fn exchange(server: &TokenServer, headers: &HeaderMap, form: &[(String, String)]
             "code_verifier or redirect_uri does not match",
         );
     }
-    let lifetime = server.inner.lock().unwrap().lifetime_secs;
+    let (lifetime, grant_lifetime) = {
+        let inner = server.inner.lock().unwrap();
+        (inner.lifetime_secs, inner.refresh_token_expires_in)
+    };
     let mut body = serde_json::json!({
         "access_token": server.fresh("at"),
         "expires_in": lifetime,
         "token_type": "Bearer",
         "scope": issued.scope,
     });
+    if let Some(seconds) = grant_lifetime {
+        body["refresh_token_expires_in"] = seconds.into();
+    }
     if issued.refresh_token {
         let refresh_token = server.new_grant();
         server
@@ -552,7 +615,7 @@ fn answer(
             "only refresh_token",
         );
     }
-    let (rotate, lifetime, scope, echo_refresh_token) = {
+    let (rotate, lifetime, scope, echo_refresh_token, grant_lifetime) = {
         let mut inner = server.inner.lock().unwrap();
         let grant = inner.grants.get(refresh_token).copied();
         if let Some(retired_at) = inner.retired.get(refresh_token).copied() {
@@ -584,6 +647,7 @@ fn answer(
             inner.lifetime_secs,
             inner.scope.clone(),
             inner.echo_refresh_token,
+            inner.refresh_token_expires_in,
         )
     };
     let access = server.fresh("at");
@@ -593,6 +657,9 @@ fn answer(
         "token_type": "Bearer",
         "scope": scope,
     });
+    if let Some(seconds) = grant_lifetime {
+        body["refresh_token_expires_in"] = seconds.into();
+    }
     if rotate {
         let next = server.fresh("rt");
         let mut inner = server.inner.lock().unwrap();
