@@ -15,4 +15,5 @@ mod runtime;
 mod sealing;
 mod security;
 mod support;
+mod tls;
 mod token_client;

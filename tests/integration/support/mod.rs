@@ -4,6 +4,7 @@
 pub mod fixtures;
 pub mod objects;
 pub mod operator;
+pub mod tls;
 pub mod token_server;
 
 use std::future::Future;
