@@ -8,6 +8,7 @@ mod chart;
 mod control_plane_smoke;
 mod crash;
 mod crd;
+mod image;
 mod leader;
 mod operator;
 mod rbac;
