@@ -10,6 +10,7 @@ mod crash;
 mod crd;
 mod image;
 mod leader;
+mod node;
 mod operator;
 mod rbac;
 mod runtime;

@@ -217,6 +217,11 @@ impl TokenServer {
         format!("{}://{}/authorize", self.scheme, self.addr)
     }
 
+    /// Access tokens issued from now on live `lifetime`.
+    pub fn set_lifetime(&self, lifetime: Duration) {
+        self.inner.lock().unwrap().lifetime_secs = lifetime.as_secs();
+    }
+
     /// TLS handshakes that failed or timed out (https only).
     pub fn handshake_failures(&self) -> u64 {
         self.handshake_failures.load(Ordering::Relaxed)
