@@ -582,3 +582,56 @@ async fn a_workload_sees_a_refreshed_token_in_its_volume_within_the_sync_period_
     })
     .await;
 }
+
+// ----------------------------------------------------------- the README --
+
+/// The README's "Install in a cluster" section, from its heading to the next.
+fn install_section() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("## Install in a cluster")
+        .expect("the install section");
+    let end = start + 3 + readme[start + 3..].find("\n## ").expect("a next section");
+    readme[start..end].to_string()
+}
+
+#[test]
+fn the_readmes_helm_values_are_the_charts() {
+    let section = install_section();
+    let mut sets = Vec::new();
+    for word in section.split_whitespace() {
+        if let Some(set) = sets.last_mut().filter(|s: &&mut String| s.is_empty()) {
+            *set = word.trim_matches('\'').to_string();
+        } else if word == "--set" {
+            sets.push(String::new());
+        }
+    }
+    assert!(sets.len() >= 4, "found {sets:?}");
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    // The schema refuses unknown keys, so a renamed value fails here.
+    crate::support::objects::helm_template("oto", "oto-system", &sets);
+}
+
+#[tokio::test]
+async fn the_readmes_credential_is_accepted_by_the_api_server() {
+    with_namespace("readme", |client, ns| async move {
+        ensure_crd(&client).await;
+        let section = install_section();
+        let start = section.find("<<'EOF'\n").expect("a here-document") + "<<'EOF'\n".len();
+        let end = start + section[start..].find("\nEOF").expect("its end");
+        let mut credential: OAuthCredential =
+            serde_yaml_ng::from_str(&section[start..end]).expect("an OAuthCredential");
+        credential.metadata.namespace = Some(ns.clone());
+        let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), &ns);
+        let params = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        credentials
+            .create(&params, &credential)
+            .await
+            .unwrap_or_else(|e| panic!("the README's credential is refused: {e}"));
+    })
+    .await;
+}
