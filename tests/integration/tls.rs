@@ -29,10 +29,26 @@ use crate::support::with_namespace;
 
 const TLS_REASON: &str = "TlsHandshakeFailed";
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
+/// A directory for a test's files, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("oto-tls-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 /// A client that trusts the system's roots plus those in `ca_file`, if any.
@@ -199,7 +215,8 @@ fn an_extra_ca_file_that_cannot_be_used_is_refused_with_its_path() {
 fn the_operator_does_not_start_with_an_extra_ca_file_it_cannot_read() {
     // The file is read before the API server is ever called, so an
     // unreachable one will do.
-    let kubeconfig = temp_dir("start").join("kubeconfig");
+    let dir = temp_dir("start");
+    let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
@@ -282,7 +299,6 @@ async fn the_operator_trusts_the_extra_ca_besides_the_system_roots() {
             "not Ready without a token"
         );
         assert_no_token_leaked(&client, &ns, &by_extra, &operator).await;
-        let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }
