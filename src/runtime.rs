@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, ControllerConfig, FIELD_MANAGER};
 use crate::schedule::parse_duration;
 use crate::supervisor::{Ended, Ending, Supervisor};
-use crate::token_client::TokenClientConfig;
+use crate::token_client::{ExtraRoots, ExtraRootsError, TokenClientConfig};
 
 /// The flags of `run`. Every flag can also be set through the environment
 /// variable named in its help.
@@ -68,6 +68,12 @@ pub struct RunArgs {
     /// Time allowed for a whole token request, answer included, e.g. `10s`.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub token_request_timeout: Duration,
+
+    /// A PEM file of CA certificates to trust for token endpoints, besides
+    /// the system's (a provider behind a private CA, a TLS-inspecting proxy).
+    /// Read once at start.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_EXTRA_CA_FILE", value_name = "PATH")]
+    pub extra_ca_file: Option<std::path::PathBuf>,
 
     /// Log format: `plain` for people, `json` for log pipelines. The level is
     /// set with `RUST_LOG` (default `info`).
@@ -213,6 +219,8 @@ pub enum RunError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Keys(#[from] KeysError),
+    #[error(transparent)]
+    ExtraRoots(#[from] ExtraRootsError),
     #[error(
         "need --token-request-timeout + 1s + --lease-skew-margin (at least 1s) <= --lease-renew-before < --lease-duration (got {request:?}, {margin:?}, {renew_before:?}, {duration:?})"
     )]
@@ -255,6 +263,7 @@ pub async fn start(
     clock: SharedClock,
 ) -> Result<Running, RunError> {
     let lease_budget = lease_budget(args)?;
+    let extra_roots = extra_roots(args)?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(clock.clone(), args.watch_failure_grace));
     let admin = Admin::bind(args.admin_address)
@@ -275,6 +284,7 @@ pub async fn start(
         seal_keys(args, &client, &clock, &operator_namespace, &mut tasks).await?;
 
     let mut config = controller_config(args, metrics, health, clock, &operator_namespace);
+    config.token_client.extra_roots = extra_roots;
     let (stop_tx, stop) = watch::channel(false);
     info!(
         concurrency = config.concurrency,
@@ -439,6 +449,8 @@ fn controller_config(
             connect_timeout: args.token_connect_timeout,
             request_timeout: args.token_request_timeout,
             allow_insecure_loopback_http: args.allow_insecure_loopback_http,
+            // Read by `start`, which may fail; this function only maps flags.
+            extra_roots: ExtraRoots::default(),
         },
         instance: args.instance.clone(),
         fence: Fence::open(),
@@ -466,6 +478,17 @@ fn controller_config(
         min_refresh_interval: args.min_refresh_interval.max(Duration::from_secs(1)),
         refresh_token_warning: args.refresh_token_expiry_warning,
     }
+}
+
+/// The extra CA certificates of `--extra-ca-file`, read before anything
+/// starts so that a file that cannot be used stops the operator at once.
+fn extra_roots(args: &RunArgs) -> Result<ExtraRoots, RunError> {
+    let Some(path) = &args.extra_ca_file else {
+        return Ok(ExtraRoots::default());
+    };
+    let roots = ExtraRoots::from_pem_file(path)?;
+    info!(file = %path.display(), certificates = roots.len(), "extra CA certificates loaded");
+    Ok(roots)
 }
 
 /// A task that runs until the process ends: its ending at all is the failure.

@@ -52,6 +52,9 @@ fn invalid_values_are_refused() {
             "leaderElection.enabled=false",
             "leaderElection.enabled must be true when replicaCount > 1",
         ),
+        ("extraCaCertificates.key=", "extraCaCertificates"),
+        ("extraEnv[0].value=no-name", "extraEnv"),
+        ("tests.image.pullPolicy=Sometimes", "pullPolicy"),
     ] {
         let out = helm(&["template", "oto", chart().to_str().unwrap(), "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -143,6 +146,14 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
                 "logFormat=plain",
                 "serviceAccount.name=custom-sa",
                 "grafanaDashboard.enabled=true",
+                "extraCaCertificates.secretName=provider-ca",
+                "extraEnv[0].name=HTTPS_PROXY",
+                "extraEnv[0].value=http://proxy.example:3128",
+                "extraVolumes[0].name=scratch",
+                "extraVolumes[0].emptyDir.medium=Memory",
+                "extraVolumeMounts[0].name=scratch",
+                "extraVolumeMounts[0].mountPath=/scratch",
+                "tests.enabled=false",
             ],
         ];
         for sets in variants {
@@ -196,4 +207,83 @@ fn the_dashboard_queries_only_metrics_the_operator_exports() {
         }
     }
     assert!(queried >= 9, "only {queried} metric references");
+}
+
+#[test]
+fn an_extra_ca_from_a_config_map_or_a_secret_is_mounted_and_passed_as_the_flag() {
+    for (source, volume_key, name_key) in [
+        ("configMapName", "configMap", "name"),
+        ("secretName", "secret", "secretName"),
+    ] {
+        let objects = render(
+            "oto-system",
+            &[
+                &format!("extraCaCertificates.{source}=provider-ca"),
+                "extraCaCertificates.key=bundle.pem",
+            ],
+        );
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            args.contains(&"--extra-ca-file=/etc/oauth-token-operator/extra-ca/ca.crt"),
+            "{args:?}"
+        );
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "extra-ca")
+            .expect("the extra-ca volume");
+        assert_eq!(volume[volume_key][name_key], "provider-ca", "{source}");
+        assert_eq!(volume[volume_key]["items"][0]["key"], "bundle.pem");
+        assert_eq!(volume[volume_key]["items"][0]["path"], "ca.crt");
+        let mounted = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| {
+                m["name"] == "extra-ca" && m["mountPath"] == "/etc/oauth-token-operator/extra-ca"
+            });
+        assert!(mounted, "{source}: mounted where the flag points");
+    }
+    let both = helm(&[
+        "template",
+        "oto",
+        chart().to_str().unwrap(),
+        "--set",
+        "extraCaCertificates.configMapName=a",
+        "--set",
+        "extraCaCertificates.secretName=b",
+    ]);
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("not both"));
+}
+
+#[test]
+fn the_test_hook_asks_readyz_through_the_metrics_service_without_dns() {
+    let objects = render("oto-system", &[]);
+    let pod = objects
+        .iter()
+        .find(|o| o["kind"] == "Pod")
+        .expect("the test pod");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let script = pod["spec"]["containers"][0]["command"][2].as_str().unwrap();
+    assert!(
+        script.contains("$OTO_OAUTH_TOKEN_OPERATOR_METRICS_SERVICE_HOST"),
+        "{script}"
+    );
+    assert!(script.contains("GET /readyz"), "{script}");
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    let without_service = render("oto-system", &["service.enabled=false"]);
+    assert!(
+        !without_service.iter().any(|o| o["kind"] == "Pod"),
+        "no Service, no test"
+    );
 }

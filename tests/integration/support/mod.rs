@@ -1,10 +1,13 @@
 //! Shared helpers: a client for the real control plane and a temporary
 //! namespace per test, deleted afterwards even when the test fails.
 
+pub mod connect_proxy;
 pub mod fixtures;
 pub mod keepalive_server;
+pub mod node;
 pub mod objects;
 pub mod operator;
+pub mod tls;
 pub mod token_server;
 
 use std::future::Future;

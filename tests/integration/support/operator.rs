@@ -21,6 +21,8 @@ pub struct Operator {
     /// Where in `output` the latest run's begins.
     run_start: usize,
     kubeconfig: Option<std::path::PathBuf>,
+    /// Environment variables set (`Some`) or removed (`None`) for the process.
+    env: Vec<(String, Option<String>)>,
 }
 
 impl Operator {
@@ -51,6 +53,22 @@ impl Operator {
         Self::spawned(namespace, namespace, extra_args, None, false)
     }
 
+    /// As `start_with`, with environment variables set (`Some`) or removed
+    /// (`None`).
+    pub fn start_with_env(
+        namespace: &str,
+        extra_args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Self {
+        let mut operator = Self::unstarted(namespace, namespace, extra_args, None, true);
+        operator.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        operator.spawn();
+        operator
+    }
+
     /// Starts the operator of `namespace` (its own namespace beside it),
     /// watching `watch` instead.
     pub fn start_watching(namespace: &str, watch: &str) -> Self {
@@ -64,7 +82,25 @@ impl Operator {
         kubeconfig: Option<&std::path::Path>,
         allow_loopback_endpoints: bool,
     ) -> Self {
-        let mut operator = Operator {
+        let mut operator = Self::unstarted(
+            namespace,
+            watch,
+            extra_args,
+            kubeconfig,
+            allow_loopback_endpoints,
+        );
+        operator.spawn();
+        operator
+    }
+
+    fn unstarted(
+        namespace: &str,
+        watch: &str,
+        extra_args: &[&str],
+        kubeconfig: Option<&std::path::Path>,
+        allow_loopback_endpoints: bool,
+    ) -> Self {
+        Operator {
             child: None,
             namespace: namespace.to_string(),
             watch: watch.to_string(),
@@ -73,14 +109,20 @@ impl Operator {
             output: Arc::new(Mutex::new(String::new())),
             run_start: 0,
             kubeconfig: kubeconfig.map(|p| p.to_path_buf()),
-        };
-        operator.spawn();
-        operator
+            env: Vec::new(),
+        }
     }
 
     fn spawn(&mut self) {
         self.run_start = self.output.lock().unwrap().len();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"));
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut child = command
             .args([
                 "run",
                 "--watch-namespace",

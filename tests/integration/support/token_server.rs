@@ -5,6 +5,10 @@
 //! It records every call and every token it issued, so tests can count calls
 //! and search the operator's output for leaked tokens.
 //!
+//! It serves plain http on a loopback port (`start`), or https with a
+//! certificate from a test CA on any address the test chooses
+//! (`start_https`), for example the local node's bridge address.
+//!
 //! It is also the authorization server for `authorize`: `GET /authorize`
 //! checks the request (PKCE S256 required) and redirects like a browser
 //! would be redirected after consent (or refusal, see `Consent`), and the
@@ -24,6 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use tokio::net::TcpListener;
+
+use super::tls::{ServerCert, TlsListener};
 
 pub const CLIENT_ID: &str = "test-client.apps.example";
 /// Reserved characters on purpose: HTTP Basic must form-encode them first
@@ -157,44 +163,70 @@ struct Inner {
 #[derive(Clone)]
 pub struct TokenServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     inner: Arc<Mutex<Inner>>,
     counter: Arc<AtomicU64>,
+    handshake_failures: Arc<AtomicU64>,
 }
 
 impl TokenServer {
-    /// Starts a server issuing access tokens that live `lifetime`.
+    /// Starts a plain-http server on a loopback port issuing access tokens
+    /// that live `lifetime`.
     pub async fn start(lifetime: Duration) -> Self {
-        let inner = Arc::new(Mutex::new(Inner {
-            lifetime_secs: lifetime.as_secs(),
-            scope: "https://www.googleapis.com/auth/gmail.send".into(),
-            ..Default::default()
-        }));
-        let server = TokenServer {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            inner,
-            counter: Arc::new(AtomicU64::new(1)),
-        };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind token server");
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new()
-            .route("/token", post(token))
-            .route("/revoke", post(revoke))
-            .route("/authorize", axum::routing::get(authorize))
-            .with_state(server.clone());
+        let server = Self::new(lifetime, listener.local_addr().unwrap(), "http");
+        let app = server.app();
         tokio::spawn(async move {
             axum::serve(listener, app).await.expect("token server");
         });
-        TokenServer { addr, ..server }
+        server
+    }
+
+    /// Starts an https server on `bind` (port 0: any free port) with the
+    /// certificate `cert`.
+    pub async fn start_https(lifetime: Duration, bind: SocketAddr, cert: &ServerCert) -> Self {
+        let tcp = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("bind the https token server on {bind}: {e}"));
+        let server = Self::new(lifetime, tcp.local_addr().unwrap(), "https");
+        let listener = TlsListener::new(tcp, cert.acceptor(), server.handshake_failures.clone());
+        let app = server.app();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("token server");
+        });
+        server
+    }
+
+    fn new(lifetime: Duration, addr: SocketAddr, scheme: &'static str) -> Self {
+        TokenServer {
+            addr,
+            scheme,
+            inner: Arc::new(Mutex::new(Inner {
+                lifetime_secs: lifetime.as_secs(),
+                scope: "https://www.googleapis.com/auth/gmail.send".into(),
+                ..Default::default()
+            })),
+            counter: Arc::new(AtomicU64::new(1)),
+            handshake_failures: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn app(&self) -> Router {
+        Router::new()
+            .route("/token", post(token))
+            .route("/revoke", post(revoke))
+            .route("/authorize", axum::routing::get(authorize))
+            .with_state(self.clone())
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/token", self.addr)
+        format!("{}://{}/token", self.scheme, self.addr)
     }
 
     pub fn revocation_url(&self) -> String {
-        format!("http://{}/revoke", self.addr)
+        format!("{}://{}/revoke", self.scheme, self.addr)
     }
 
     /// Puts `refresh_token_expires_in` (seconds) in every success from now.
@@ -218,7 +250,17 @@ impl TokenServer {
     }
 
     pub fn authorization_url(&self) -> String {
-        format!("http://{}/authorize", self.addr)
+        format!("{}://{}/authorize", self.scheme, self.addr)
+    }
+
+    /// Access tokens issued from now on live `lifetime`.
+    pub fn set_lifetime(&self, lifetime: Duration) {
+        self.inner.lock().unwrap().lifetime_secs = lifetime.as_secs();
+    }
+
+    /// TLS handshakes that failed or timed out (https only).
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
     }
 
     /// How the next consents go.
