@@ -22,7 +22,8 @@
 //! - `token_client`: the HTTP call to the token endpoint.
 //! - `refresh_token_store`: guarded writes of a refresh-token Secret.
 //! - `references`: which credentials name a given Secret.
-//! - `keys`: the seal key ring's source; `leader`: the Lease fence.
+//! - `keys`: the seal key ring's source; `leader`: the Lease fence;
+//!   `shards`: shard Leases, when several replicas share the work.
 //! - `metrics`, `admin`: metrics and health; `supervisor`: long-lived tasks.
 //! - `runtime`: the composition root of `run`.
 //! - `authorize`: the `authorize` command; `opt_in`: the `opt-in` command;
@@ -56,6 +57,7 @@ pub mod resource;
 pub mod runtime;
 pub mod schedule;
 pub mod seal;
+pub mod shards;
 pub mod status;
 pub mod summary;
 pub mod supervisor;

@@ -55,6 +55,7 @@ pub struct Metrics {
 /// The metrics of output Secrets and grants over their lifetime.
 struct Lifecycle {
     output_restores: Counter,
+    shards_held: Gauge<i64, AtomicI64>,
     revocations: Family<OutcomeLabels, Counter>,
     refresh_token_earliest_expiry: Gauge<f64, AtomicU64>,
 }
@@ -73,6 +74,12 @@ impl Lifecycle {
                 "revocations",
                 "Refresh-token revocations at credential deletion (revokeOnDelete), by outcome: revoked, or failed (the credential went without one)",
                 Family::<OutcomeLabels, Counter>::default(),
+            ),
+            shards_held: register(
+                registry,
+                "shards_held",
+                "Shards whose credentials this replica serves (with --shards; 0 on a standby)",
+                Gauge::<i64, AtomicI64>::default(),
             ),
             refresh_token_earliest_expiry: register(
                 registry,
@@ -176,6 +183,12 @@ impl Metrics {
             scheduled,
             tracked,
         }
+    }
+
+    pub fn set_shards_held(&self, shards: usize) {
+        self.lifecycle
+            .shards_held
+            .set(i64::try_from(shards).unwrap_or(i64::MAX));
     }
 
     /// An output Secret written again without a token call.

@@ -5,6 +5,7 @@
 //! before it was asked to stop), the process says which and exits non-zero,
 //! so that Kubernetes restarts it rather than letting it run on degraded.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -26,8 +27,9 @@ use crate::endpoint::{AllowedEndpoint, EndpointPolicy};
 use crate::keys::{self, KeySource, Keys, KeysError};
 use crate::leader::{Fence, LeaseRef};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, ControllerConfig, FIELD_MANAGER};
+use crate::reconcile::{self, ControllerConfig, FIELD_MANAGER, ShardScope};
 use crate::schedule::parse_duration;
+use crate::shards::ShardLeases;
 use crate::supervisor::{Ended, Ending, Supervisor};
 use crate::token_client::{ExtraRoots, ExtraRootsError, TokenClientConfig};
 
@@ -103,13 +105,21 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEADER_ELECTION")]
     pub leader_election: bool,
 
-    /// Name of the leader-election Lease.
+    /// Name of the leader-election Lease; with --shards, the prefix of the
+    /// shard and member Leases.
     #[arg(
         long,
         env = "OAUTH_TOKEN_OPERATOR_LEASE_NAME",
         default_value = "oauth-token-operator"
     )]
     pub lease_name: String,
+
+    /// Split the credentials into this many shards (a stable hash of
+    /// namespace/name), one Lease each, so that several replicas work at
+    /// once, each on its share of the shards. 1: one leader does all.
+    /// Needs --leader-election; every replica must use the same number.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: u32,
 
     /// How long a Lease holds without renewal; a standby takes over at most
     /// this long after the leader dies. Whole seconds.
@@ -208,6 +218,7 @@ pub mod task {
     pub const SEAL_KEY_RELOAD: &str = "seal-key reload";
     pub const LEASE_WATCH: &str = "lease watch";
     pub const CONTROLLER: &str = "controller";
+    pub const SHARD_LEASES: &str = "shard leases";
 }
 
 /// Why the operator could not start, or stopped before it was asked to.
@@ -234,6 +245,8 @@ pub enum RunError {
     Lease(#[from] LeaseManagerError),
     #[error("the lease manager stopped")]
     LeaseManagerStopped,
+    #[error("--shards above 1 needs --leader-election: the shards are Leases")]
+    ShardsWithoutLeaderElection,
     #[error(transparent)]
     Controller(#[from] reconcile::Stopped),
     #[error("the {task} task ended ({why}); exiting so that the operator is restarted")]
@@ -300,31 +313,14 @@ pub async fn start(
         keys_changed,
         stop,
     };
-    match lease_budget {
-        None => {
-            config.metrics.set_leader(true);
-            tasks.spawn(task::CONTROLLER, controller.run(config));
-        }
-        Some(budget) => {
-            let lease = Lease::from_args(args, operator_namespace);
-            let lease_ref = LeaseRef {
-                namespace: &lease.namespace,
-                name: &lease.name,
-                identity: &lease.identity,
-                margin: args.lease_skew_margin,
-            };
-            let (fence, watch) = Fence::watching(
-                controller.client.clone(),
-                lease_ref,
-                budget,
-                config.health.clone(),
-                config.clock.clone(),
-            );
-            config.fence = fence;
-            tasks.spawn(task::LEASE_WATCH, never_fails(watch));
-            tasks.spawn(task::CONTROLLER, controller.lead(config, lease));
-        }
-    }
+    spawn_controller(
+        args,
+        controller,
+        config,
+        lease_budget,
+        operator_namespace,
+        &mut tasks,
+    );
     Ok(Running {
         tasks,
         stop: stop_tx,
@@ -414,10 +410,72 @@ async fn seal_keys(
     Ok((keys, keys_changed))
 }
 
+/// Runs the controller as the flags say: alone, as the leader of one Lease,
+/// or on the shards this replica holds.
+fn spawn_controller(
+    args: &RunArgs,
+    controller: Controller,
+    mut config: ControllerConfig,
+    lease_budget: Option<Duration>,
+    operator_namespace: String,
+    tasks: &mut Supervisor,
+) {
+    let Some(budget) = lease_budget else {
+        config.metrics.set_leader(true);
+        tasks.spawn(task::CONTROLLER, controller.run(config));
+        return;
+    };
+    let lease = Lease::from_args(args, operator_namespace);
+    if args.shards > 1 {
+        let leases = ShardLeases::new(
+            controller.client.clone(),
+            &lease.namespace,
+            &lease.name,
+            &lease.identity,
+            args.shards,
+            (lease.duration, lease.renew_before, budget),
+            config.clock.clone(),
+        );
+        config.fence = Fence::sharded(
+            args.shards,
+            leases.holds.clone(),
+            budget,
+            args.lease_skew_margin,
+        );
+        let (held_tx, held) = watch::channel(BTreeSet::new());
+        let (done_tx, done) = watch::channel(false);
+        tasks.spawn(task::SHARD_LEASES, leases.run(held_tx, done));
+        tasks.spawn(
+            task::CONTROLLER,
+            controller.shard(config, args.shards, held, done_tx),
+        );
+        return;
+    }
+    let lease_ref = LeaseRef {
+        namespace: &lease.namespace,
+        name: &lease.name,
+        identity: &lease.identity,
+        margin: args.lease_skew_margin,
+    };
+    let (fence, watch) = Fence::watching(
+        controller.client.clone(),
+        lease_ref,
+        budget,
+        config.health.clone(),
+        config.clock.clone(),
+    );
+    config.fence = fence;
+    tasks.spawn(task::LEASE_WATCH, never_fails(watch));
+    tasks.spawn(task::CONTROLLER, controller.lead(config, lease));
+}
+
 /// The longest a token-endpoint call may take plus a second, when leader
 /// election is on (`None` when off); the Lease timings must leave room for it.
 fn lease_budget(args: &RunArgs) -> Result<Option<Duration>, RunError> {
     if !args.leader_election {
+        if args.shards > 1 {
+            return Err(RunError::ShardsWithoutLeaderElection);
+        }
         return Ok(None);
     }
     let budget = args.token_request_timeout + Duration::from_secs(1);
@@ -477,6 +535,8 @@ fn controller_config(
         token_types: args.token_types.clone(),
         min_refresh_interval: args.min_refresh_interval.max(Duration::from_secs(1)),
         refresh_token_warning: args.refresh_token_expiry_warning,
+        shard_scope: None,
+        memory: Default::default(),
     }
 }
 
@@ -597,6 +657,64 @@ impl Controller {
             became = leading.wait_for(|leader| *leader) => became.is_ok(),
             _ = stop.wait_for(|stop| *stop) => false,
         }
+    }
+
+    /// With sharding: the controller over the credentials of the shards
+    /// this replica holds, started again whenever that set changes (a new
+    /// set is a new list of credentials), idle while it holds none. Tells
+    /// the shard Leases to go (`done`) once its last refresh has ended.
+    async fn shard(
+        self,
+        config: ControllerConfig,
+        shards: u32,
+        mut held: watch::Receiver<BTreeSet<u32>>,
+        done: watch::Sender<bool>,
+    ) -> Result<(), RunError> {
+        config.health.set_ready(true);
+        let result = loop {
+            let current = held.borrow_and_update().clone();
+            config.metrics.set_shards_held(current.len());
+            config.metrics.set_leader(!current.is_empty());
+            let mut stop = self.stop.clone();
+            if current.is_empty() {
+                tokio::select! {
+                    changed = held.changed() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => break Err(RunError::LeaseManagerStopped),
+                    },
+                    _ = stop.wait_for(|s| *s) => break Ok(()),
+                }
+            }
+            info!(shards = ?current, "serving shards");
+            let mut scoped = config.clone();
+            scoped.shard_scope = Some(ShardScope {
+                shards,
+                held: current,
+            });
+            let mut changes = held.clone();
+            let until = async move {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            };
+            let run = reconcile::run(
+                self.client.clone(),
+                scoped,
+                self.keys.clone(),
+                self.keys_changed.clone(),
+                until,
+            );
+            if let Err(error) = run.await {
+                break Err(error.into());
+            }
+            if *self.stop.borrow() {
+                break Ok(());
+            }
+        };
+        config.metrics.set_leader(false);
+        let _ = done.send(true);
+        result
     }
 
     /// Runs the controller until leadership is lost or a stop is asked for.

@@ -179,7 +179,11 @@ impl Context {
         {
             return Ok(Revoked::RetryAfter(wait));
         }
-        if !self.fence.allows(self.clock.instant()) {
+        let (ns, name) = (
+            credential.namespace().unwrap_or_default(),
+            credential.name_any(),
+        );
+        if !self.fence.allows_for(&ns, &name, self.clock.instant()) {
             return Ok(Revoked::RetryAfter(Duration::from_secs(1)));
         }
         let gathered = self.gather(credential, &token_endpoint).await?;

@@ -15,8 +15,10 @@ use crate::resource::{OAuthCredential, OAuthCredentialStatus};
 
 type Key = ObjectRef<OAuthCredential>;
 
+/// Kept across restarts of the controller within the process (a sharded
+/// replica starts it again when its shards change).
 #[derive(Default)]
-pub(super) struct Memory {
+pub struct Memory {
     /// Rotated refresh tokens received but not yet stored (the write failed).
     unstored_rotations: Mutex<HashMap<Key, SecretString>>,
     /// Refresh-token Secret versions already inspected with nothing to do.
@@ -65,25 +67,28 @@ impl Written {
 }
 
 impl Memory {
-    pub fn keep_unstored_rotation(&self, credential: &OAuthCredential, token: SecretString) {
+    pub(super) fn keep_unstored_rotation(&self, credential: &OAuthCredential, token: SecretString) {
         lock(&self.unstored_rotations).insert(ObjectRef::from_obj(credential), token);
     }
 
-    pub fn take_unstored_rotation(&self, credential: &OAuthCredential) -> Option<SecretString> {
+    pub(super) fn take_unstored_rotation(
+        &self,
+        credential: &OAuthCredential,
+    ) -> Option<SecretString> {
         lock(&self.unstored_rotations).remove(&ObjectRef::from_obj(credential))
     }
 
-    pub fn keep_pending_output(&self, credential: &OAuthCredential, refreshed: Refreshed) {
+    pub(super) fn keep_pending_output(&self, credential: &OAuthCredential, refreshed: Refreshed) {
         lock(&self.pending_outputs).insert(ObjectRef::from_obj(credential), refreshed);
     }
 
-    pub fn take_pending_output(&self, credential: &OAuthCredential) -> Option<Refreshed> {
+    pub(super) fn take_pending_output(&self, credential: &OAuthCredential) -> Option<Refreshed> {
         lock(&self.pending_outputs).remove(&ObjectRef::from_obj(credential))
     }
 
     /// Remembers a write of the output Secret: its new version, the hash of
     /// its data, and the token written (if this process has it).
-    pub fn wrote_output(
+    pub(super) fn wrote_output(
         &self,
         credential: &OAuthCredential,
         version: String,
@@ -107,7 +112,7 @@ impl Memory {
     /// Whether `version` of the output Secret is one we know to hold our
     /// data; remembers it as such, with `data_hash`, when nothing is known
     /// yet (after a restart). `None`: unknown, to be checked.
-    pub fn output_known(
+    pub(super) fn output_known(
         &self,
         credential: &OAuthCredential,
         version: &str,
@@ -134,7 +139,7 @@ impl Memory {
     }
 
     /// The hash of the data the output Secret should hold.
-    pub fn output_hash(&self, credential: &OAuthCredential) -> Option<String> {
+    pub(super) fn output_hash(&self, credential: &OAuthCredential) -> Option<String> {
         lock(&self.outputs)
             .get(&ObjectRef::from_obj(credential))
             .map(|r| r.data_hash.clone())
@@ -142,7 +147,7 @@ impl Memory {
 
     /// Marks `version` as checked: its data is ours (someone changed only
     /// metadata).
-    pub fn output_checked(&self, credential: &OAuthCredential, version: String) {
+    pub(super) fn output_checked(&self, credential: &OAuthCredential, version: String) {
         if let Some(record) = lock(&self.outputs).get_mut(&ObjectRef::from_obj(credential)) {
             record.version = version;
         }
@@ -150,7 +155,7 @@ impl Memory {
 
     /// The token last written to the output Secret, if this process holds it
     /// for this very credential and generation, and it is valid after `now`.
-    pub fn restorable(
+    pub(super) fn restorable(
         &self,
         credential: &OAuthCredential,
         now: k8s_openapi::jiff::Timestamp,
@@ -159,7 +164,7 @@ impl Memory {
     }
 
     /// Whether `restorable` would give a token (without copying it).
-    pub fn can_restore(
+    pub(super) fn can_restore(
         &self,
         credential: &OAuthCredential,
         now: k8s_openapi::jiff::Timestamp,
@@ -183,27 +188,32 @@ impl Memory {
     }
 
     /// Forgets the output Secret of a credential (it was orphaned).
-    pub fn forget_output(&self, credential: &OAuthCredential) {
+    pub(super) fn forget_output(&self, credential: &OAuthCredential) {
         lock(&self.outputs).remove(&ObjectRef::from_obj(credential));
     }
 
-    pub fn inspected(&self, credential: &OAuthCredential) -> Option<String> {
+    pub(super) fn inspected(&self, credential: &OAuthCredential) -> Option<String> {
         lock(&self.inspected)
             .get(&ObjectRef::from_obj(credential))
             .cloned()
     }
 
-    pub fn mark_inspected(&self, credential: &OAuthCredential, version: String) {
+    pub(super) fn mark_inspected(&self, credential: &OAuthCredential, version: String) {
         lock(&self.inspected).insert(ObjectRef::from_obj(credential), version);
     }
 
-    pub fn wrote(&self, credential: &OAuthCredential, status: OAuthCredentialStatus, at: Instant) {
+    pub(super) fn wrote(
+        &self,
+        credential: &OAuthCredential,
+        status: OAuthCredentialStatus,
+        at: Instant,
+    ) {
         lock(&self.written).insert(ObjectRef::from_obj(credential), (status, at));
     }
 
     /// The status last written for `credential`, if younger than `max_age`
     /// at `now` and still differing from `cached`; forgotten otherwise.
-    pub fn newer_than_cache(
+    pub(super) fn newer_than_cache(
         &self,
         credential: &OAuthCredential,
         cached: Option<&OAuthCredentialStatus>,
@@ -221,14 +231,17 @@ impl Memory {
     }
 
     /// The status last written for `credential`, whatever its age.
-    pub fn last_written(&self, credential: &OAuthCredential) -> Option<OAuthCredentialStatus> {
+    pub(super) fn last_written(
+        &self,
+        credential: &OAuthCredential,
+    ) -> Option<OAuthCredentialStatus> {
         lock(&self.written)
             .get(&ObjectRef::from_obj(credential))
             .map(|(status, _)| status.clone())
     }
 
     /// Counts a credential as scheduled by this process.
-    pub fn mark_scheduled(&self, credential: &OAuthCredential, metrics: &Metrics) {
+    pub(super) fn mark_scheduled(&self, credential: &OAuthCredential, metrics: &Metrics) {
         let mut scheduled = lock(&self.scheduled);
         if scheduled.insert(ObjectRef::from_obj(credential)) {
             metrics.set_scheduled(scheduled.len());
@@ -236,7 +249,7 @@ impl Memory {
     }
 
     /// Forgets everything about credentials that are gone.
-    pub fn forget_deleted(&self, present: &[Arc<OAuthCredential>], metrics: &Metrics) {
+    pub(super) fn forget_deleted(&self, present: &[Arc<OAuthCredential>], metrics: &Metrics) {
         let present: HashSet<Key> = present
             .iter()
             .map(|c| ObjectRef::from_obj(c.as_ref()))
@@ -252,7 +265,7 @@ impl Memory {
     }
 
     /// How many entries each map holds, by name (for the memory metric).
-    pub fn sizes(&self) -> [(&'static str, usize); 6] {
+    pub(super) fn sizes(&self) -> [(&'static str, usize); 6] {
         [
             ("outputs", lock(&self.outputs).len()),
             ("unstored_rotations", lock(&self.unstored_rotations).len()),

@@ -62,7 +62,8 @@ use crate::schedule;
 use crate::token_client::TokenClient;
 use crate::validate;
 
-pub use watches::{ControllerConfig, Stopped, run};
+pub use memory::Memory;
+pub use watches::{ControllerConfig, ShardScope, Stopped, run};
 
 /// Field manager of every write, and the event reporter.
 pub const FIELD_MANAGER: &str = "oauth-token-operator";
@@ -84,7 +85,7 @@ pub struct Context {
     /// The operator's own namespace, never served.
     operator_namespace: String,
     /// What this process remembers per credential between reconciles.
-    memory: memory::Memory,
+    memory: Arc<memory::Memory>,
     /// Token-endpoint calls per second per host (the rate limit).
     rate_limit: DefaultKeyedRateLimiter<String>,
     /// Credentials waiting for a rate limit, by token expiry.

@@ -153,7 +153,11 @@ impl Context {
         let sent_at = self.now();
         // Fencing: a replica whose hold on the Lease might end during the
         // call does not start it; the next leader will.
-        if !self.fence.allows(self.clock.instant()) {
+        let (ns, name) = (
+            credential.namespace().unwrap_or_default(),
+            credential.name_any(),
+        );
+        if !self.fence.allows_for(&ns, &name, self.clock.instant()) {
             debug!("not calling the token endpoint: leadership not assured for the call");
             return Err(Outcome::NotLeader);
         }

@@ -225,6 +225,8 @@ fn context(client: Client) -> Arc<Context> {
         token_types: vec!["Bearer".into()],
         min_refresh_interval: Duration::from_secs(1),
         refresh_token_warning: Duration::from_secs(7 * 24 * 3600),
+        shard_scope: None,
+        memory: Default::default(),
     };
     let (credentials, _) = reflector::store();
     let (owned, mut owned_writer) = reflector::store::<PartialObjectMeta<Secret>>();

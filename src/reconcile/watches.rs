@@ -5,6 +5,7 @@
 //! (selected by their `type`), which `references` maps to the credentials
 //! naming them. No Secret data is cached, and no other Secret is watched.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,7 @@ use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::output_secret;
 use crate::references::SecretReferences;
-use crate::resource::OAuthCredential;
+use crate::resource::{CREDENTIAL_LABEL, OAuthCredential};
 use crate::token_client::{TokenClient, TokenClientConfig};
 
 /// How the controller runs.
@@ -66,6 +67,46 @@ pub struct ControllerConfig {
     pub min_refresh_interval: Duration,
     /// How long before a refresh token's own expiry the credential warns.
     pub refresh_token_warning: Duration,
+    /// With sharding: the shards this replica holds. Only their credentials
+    /// (and output Secrets) are cached and reconciled.
+    pub shard_scope: Option<ShardScope>,
+    /// What the process remembers per credential, across controller runs.
+    pub memory: Arc<Memory>,
+}
+
+/// The shards a controller serves, of how many.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardScope {
+    pub shards: u32,
+    pub held: BTreeSet<u32>,
+}
+
+impl ShardScope {
+    /// Whether the credential `namespace/name` is in a held shard.
+    pub fn covers(&self, namespace: &str, name: &str) -> bool {
+        self.held
+            .contains(&crate::shards::shard_of(namespace, name, self.shards))
+    }
+}
+
+/// Whether a watch event is about an object in `scope` (`name_of` says which
+/// credential an object belongs to); bookkeeping events always are.
+fn in_scope<K: Resource>(
+    scope: &Option<ShardScope>,
+    event: &watcher::Event<K>,
+    name_of: impl Fn(&K) -> Option<String>,
+) -> bool {
+    let (
+        Some(scope),
+        watcher::Event::Apply(object)
+        | watcher::Event::Delete(object)
+        | watcher::Event::InitApply(object),
+    ) = (scope, event)
+    else {
+        return true;
+    };
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    name_of(object).is_some_and(|name| scope.covers(&namespace, &name))
 }
 
 impl Context {
@@ -95,7 +136,7 @@ impl Context {
             clock: config.clock.clone(),
             endpoints: config.endpoints.clone(),
             operator_namespace: config.operator_namespace.clone(),
-            memory: Memory::default(),
+            memory: config.memory.clone(),
             rate_limit: RateLimiter::keyed(
                 Quota::per_second(config.endpoint_rate).allow_burst(config.endpoint_burst),
             ),
@@ -129,13 +170,9 @@ pub async fn run(
     let (credentials, credentials_writer) = reflector::store();
     let (owned_secrets, owned_writer) = reflector::store();
     let (credentials_api, secrets_api) = apis(&client, config.watch_namespace.as_deref());
-    let credential_stream = credential_watch(
-        credentials_api,
-        credentials_writer,
-        &references,
-        &config.health,
-    );
-    let owned_stream = owned_watch(secrets_api.clone(), owned_writer, &config.health);
+    let credential_stream =
+        credential_watch(credentials_api, credentials_writer, &references, &config);
+    let owned_stream = owned_watch(secrets_api.clone(), owned_writer, &config);
     let inputs = futures::stream::select(
         input_watch(
             secrets_api.clone(),
@@ -215,12 +252,18 @@ fn credential_watch(
     api: Api<OAuthCredential>,
     writer: reflector::store::Writer<OAuthCredential>,
     references: &SecretReferences,
-    health: &Arc<Health>,
+    config: &ControllerConfig,
 ) -> impl Stream<Item = Result<OAuthCredential, watcher::Error>> + use<> {
+    let health = &config.health;
     let (index, synced, health) = (references.clone(), health.clone(), health.clone());
+    let scope = config.shard_scope.clone();
     watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .inspect(move |event| health.observe_watch("credentials", event.is_ok()))
+        .try_filter(move |event| {
+            let keep = in_scope(&scope, event, |c: &OAuthCredential| c.metadata.name.clone());
+            std::future::ready(keep)
+        })
         .modify(strip_cached_fields)
         .inspect_ok(move |event| {
             index.observe(event);
@@ -236,15 +279,21 @@ fn credential_watch(
 fn owned_watch(
     api: Api<PartialObjectMeta<Secret>>,
     writer: reflector::store::Writer<PartialObjectMeta<Secret>>,
-    health: &Arc<Health>,
+    config: &ControllerConfig,
 ) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + use<> {
-    let health = health.clone();
-    let config = watcher::Config::default()
+    let health = config.health.clone();
+    let scope = config.shard_scope.clone();
+    let watch = watcher::Config::default()
         .labels(&output_secret::owned_selector())
         .any_semantic();
-    watcher(api, config)
+    watcher(api, watch)
         .default_backoff()
         .inspect(move |event| health.observe_watch("output Secrets", event.is_ok()))
+        .try_filter(move |event| {
+            let credential =
+                |s: &PartialObjectMeta<Secret>| s.labels().get(CREDENTIAL_LABEL).cloned();
+            std::future::ready(in_scope(&scope, event, credential))
+        })
         .modify(strip_cached_fields)
         .reflect(writer)
         .touched_objects()

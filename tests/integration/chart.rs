@@ -55,6 +55,7 @@ fn invalid_values_are_refused() {
         ("extraCaCertificates.key=", "extraCaCertificates"),
         ("extraEnv[0].value=no-name", "extraEnv"),
         ("tests.image.pullPolicy=Sometimes", "pullPolicy"),
+        ("leaderElection.shards=0", "shards"),
     ] {
         let out = helm(&["template", "oto", chart().to_str().unwrap(), "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -133,8 +134,9 @@ async fn rendered_objects_pass_a_server_side_dry_run_with_default_and_other_valu
         .await;
         // Credentials in another namespace than the release.
         let watch = format!("watchNamespace={}", operator_namespace(&ns));
-        let variants: [&[&str]; 2] = [
+        let variants: [&[&str]; 3] = [
             &[],
+            &["replicaCount=3", "leaderElection.shards=12"],
             &[
                 "replicaCount=1",
                 "leaderElection.enabled=false",

@@ -19,6 +19,7 @@ mod resilience;
 mod runtime;
 mod sealing;
 mod security;
+mod shards;
 mod support;
 mod tls;
 mod token_client;
