@@ -282,12 +282,18 @@ impl Context {
         credential: &OAuthCredential,
         now: Timestamp,
     ) -> Result<Action, Error> {
-        let desired = status::after_conflict(
+        let mut desired = status::after_conflict(
             credential.status.as_ref(),
             now,
             credential.metadata.generation.unwrap_or(0),
             &credential.spec.output.secret_name,
         );
+        // A forced refresh is answered too (`refresh` waits for it): with
+        // the conflict.
+        let status = credential.status.as_ref();
+        if let Some(forced) = decision::pending_force(force_annotation(credential), status) {
+            desired.last_forced_refresh = Some(forced.to_string());
+        }
         self.write_status(credential, desired).await?;
         // A foreign Secret is not watched (only Secrets the operator owns or
         // that opted in as inputs are), so its going is noticed by looking

@@ -146,6 +146,19 @@ async fn refresh_and_status_flags_behave_as_documented() {
         );
         assert!(status_of(&client, &ns, "c1").await.is_true(READY));
 
+        // A credential whose output name is taken answers too, with why.
+        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+            .create(&Default::default(), &secret("clash-token", &[("x", "y")]))
+            .await
+            .unwrap();
+        create_credential(&client, &ns, &server, "clash").await;
+        wait_for_condition(&client, &ns, "clash", READY, "False", Duration::from_secs(20)).await;
+        let started = std::time::Instant::now();
+        let clash = run(&["refresh", &format!("{ns}/clash"), "--wait", "30s"]).await;
+        assert_eq!(clash.status.code(), Some(1), "{clash:?}");
+        assert!(stdout(&clash).contains("did not refresh: SecretConflict"), "{}", stdout(&clash));
+        assert!(started.elapsed() < Duration::from_secs(20), "answered, not timed out");
+
         // Usage errors.
         let neither = run(&["refresh"]).await;
         assert_eq!(neither.status.code(), Some(2), "{neither:?}");
