@@ -152,12 +152,27 @@ async fn refresh_and_status_flags_behave_as_documented() {
             .await
             .unwrap();
         create_credential(&client, &ns, &server, "clash").await;
-        wait_for_condition(&client, &ns, "clash", READY, "False", Duration::from_secs(20)).await;
+        wait_for_condition(
+            &client,
+            &ns,
+            "clash",
+            READY,
+            "False",
+            Duration::from_secs(20),
+        )
+        .await;
         let started = std::time::Instant::now();
         let clash = run(&["refresh", &format!("{ns}/clash"), "--wait", "30s"]).await;
         assert_eq!(clash.status.code(), Some(1), "{clash:?}");
-        assert!(stdout(&clash).contains("did not refresh: SecretConflict"), "{}", stdout(&clash));
-        assert!(started.elapsed() < Duration::from_secs(20), "answered, not timed out");
+        assert!(
+            stdout(&clash).contains("did not refresh: SecretConflict"),
+            "{}",
+            stdout(&clash)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "answered, not timed out"
+        );
 
         // Usage errors.
         let neither = run(&["refresh"]).await;
