@@ -55,13 +55,15 @@ fn from_git(dir: &Path) -> Option<String> {
             println!("cargo::rerun-if-changed={file}");
         }
     }
-    if let Some(branch) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(file) = git(
+    let branch = git(dir, &["symbolic-ref", "-q", "HEAD"]);
+    let branch_file = branch.and_then(|branch| {
+        git(
             dir,
             &["rev-parse", "--path-format=absolute", "--git-path", &branch],
-        ) {
-            println!("cargo::rerun-if-changed={file}");
-        }
+        )
+    });
+    if let Some(file) = branch_file {
+        println!("cargo::rerun-if-changed={file}");
     }
     Some(commit)
 }
