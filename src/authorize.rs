@@ -49,7 +49,9 @@ pub struct Options {
     /// does not wait.
     pub wait: Duration,
     pub allow_insecure_loopback_http: bool,
-    /// How the person invoked us, for messages (`kubectl oauth`, ...).
+    /// The loopback redirect's port; 0 takes any free one.
+    pub port: u16,
+    /// How the person invoked us, for messages (`kubectl oauth-token`, ...).
     pub program: String,
 }
 
@@ -93,8 +95,10 @@ pub enum Error {
     },
     #[error("{0}; nothing was asked of anyone")]
     WouldFail(ApiError),
-    #[error("cannot listen on 127.0.0.1 for the redirect: {0}")]
-    Listen(std::io::Error),
+    #[error(
+        "cannot listen on 127.0.0.1:{0} for the redirect (`--port`; 0 takes any free port): {1}; nothing was written"
+    )]
+    Listen(u16, std::io::Error),
     #[error("no consent arrived within {0}; nothing was written")]
     NoConsent(String),
     #[error("the redirect listener stopped; nothing was written")]
@@ -170,12 +174,15 @@ struct Prepared {
 
 pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let prepared = prepare(client, &options).await?;
-    let listener = TcpListener::bind(("127.0.0.1", 0))
+    let listener = TcpListener::bind(("127.0.0.1", options.port))
         .await
-        .map_err(Error::Listen)?;
+        .map_err(|e| Error::Listen(options.port, e))?;
     let redirect_uri = format!(
         "http://127.0.0.1:{}/",
-        listener.local_addr().map_err(Error::Listen)?.port()
+        listener
+            .local_addr()
+            .map_err(|e| Error::Listen(options.port, e))?
+            .port()
     );
     let pkce = Pkce::generate();
     let state = consent::new_state();
@@ -702,27 +709,10 @@ fn read_pasted_addresses(arrivals: mpsc::Sender<Arrival>, redirect_uri: String) 
     });
 }
 
-/// Opens `url` with `$BROWSER`, else the platform's opener. Whether it could
-/// be started; the address is printed either way.
+/// Opens `url` in the person's browser: `$BROWSER`, else the platform's
+/// opener (xdg-open and the desktops' own, WSL's Windows browser, macOS
+/// `open`, Windows' default). Whether one started; the address is printed
+/// either way.
 fn open_browser(url: &str) -> bool {
-    let opener = std::env::var("BROWSER").ok().filter(|b| !b.is_empty());
-    let opener = opener.as_deref().unwrap_or(if cfg!(target_os = "macos") {
-        "open"
-    } else {
-        "xdg-open"
-    });
-    let started = std::process::Command::new(opener)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    match started {
-        Ok(mut child) => {
-            // Reap it whenever it exits; do not wait here.
-            std::thread::spawn(move || child.wait());
-            true
-        }
-        Err(_) => false,
-    }
+    webbrowser::open(url).is_ok()
 }

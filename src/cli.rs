@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -17,10 +17,30 @@ use crate::schedule::parse_duration;
 use crate::summary;
 use crate::{authorize, force_refresh, opt_in};
 
+/// The binary's own name; how messages name the tool unless it runs as the
+/// kubectl plugin.
+pub const PROGRAM: &str = "oauth-token-operator";
+
+/// The kubectl plugin's command (`kubectl oauth-token ...`), served by the
+/// binary under the name `kubectl-oauth_token`: kubectl finds a plugin
+/// `kubectl foo-bar` as the executable `kubectl-foo_bar`.
+pub const PLUGIN: &str = "kubectl oauth-token";
+
+/// The version and the commit it was built from (see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OTO_GIT_COMMIT"),
+    ")"
+);
+
+/// The commit the binary was built from, or `unknown`.
+pub const GIT_COMMIT: &str = env!("OTO_GIT_COMMIT");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "oauth-token-operator",
-    version,
+    version = VERSION,
     about = "Keeps OAuth access tokens fresh in Kubernetes Secrets"
 )]
 pub struct Cli {
@@ -48,6 +68,15 @@ pub enum Command {
     /// Ask the operator to refresh now (one credential, those matching a
     /// selector, or all), and wait for the outcome.
     Refresh(RefreshArgs),
+    /// Print a shell completion script: `source <(oauth-token-operator
+    /// completion bash)`, or see the README for zsh and fish.
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell: bash, zsh, fish (also elvish, powershell).
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +150,12 @@ pub struct AuthorizeArgs {
     /// the address the browser ends on, pasted into the terminal.
     #[arg(long)]
     pub no_browser: bool,
+
+    /// Port of the loopback redirect (`http://127.0.0.1:PORT/`), for
+    /// providers that compare the registered redirect URI's port exactly.
+    /// Default: any free port (what Google and RFC 8252 servers accept).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 
     /// How long to wait for consent.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -239,6 +274,7 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
                 timeout: args.timeout,
                 wait: args.wait,
                 allow_insecure_loopback_http: args.allow_insecure_loopback_http,
+                port: args.port,
                 program: program_name(),
             };
             Ok(authorize::run(client, options).await?)
@@ -250,6 +286,15 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
             let (namespace, name) =
                 credential_name(&args.credential, args.namespace.as_deref(), &client)?;
             Ok(opt_in::run(client, &namespace, &name).await?)
+        }
+        Command::Completion(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                PROGRAM,
+                &mut std::io::stdout(),
+            );
+            Ok(())
         }
     }
 }
@@ -297,18 +342,51 @@ impl KubeArgs {
     }
 }
 
-/// How the person invoked us: `kubectl oauth` when run as the kubectl
-/// plugin (`kubectl-oauth` on the PATH), else `oauth-token-operator`.
+/// How the person invoked us: `kubectl oauth-token` when run as the kubectl
+/// plugin (`kubectl-oauth_token` on the PATH), else `oauth-token-operator`.
 pub fn program_name() -> String {
     let invoked = std::env::args_os()
         .next()
         .map(std::path::PathBuf::from)
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
+    program_for(&invoked)
+}
+
+/// The command a person typed, from the executable's file name: kubectl runs
+/// the plugin `kubectl a-b` as `kubectl-a_b`, so underscores stand for dashes.
+fn program_for(invoked: &str) -> String {
+    let invoked = invoked.strip_suffix(".exe").unwrap_or(invoked);
     match invoked.strip_prefix("kubectl-") {
-        Some(plugin) => format!("kubectl {plugin}"),
-        None => "oauth-token-operator".into(),
+        Some(plugin) if !plugin.is_empty() => format!("kubectl {}", plugin.replace('_', "-")),
+        _ => PROGRAM.into(),
     }
+}
+
+/// The command-line definition as `program` presents it: as a kubectl
+/// plugin, usage lines read `kubectl oauth-token ...` and the commands only
+/// an operator deployment uses (`run`, `crd`, `completion`) are hidden
+/// (they still work).
+pub fn command_for(program: &str) -> clap::Command {
+    let command = Cli::command();
+    if program == PROGRAM {
+        return command;
+    }
+    ["run", "crd", "completion"]
+        .into_iter()
+        .fold(command, |command, name| {
+            command.mut_subcommand(name, |sub| sub.hide(true))
+        })
+        .bin_name(program)
+        .display_name(program)
+        .about("Consent, status and refresh of OAuthCredentials (oauth-token-operator's kubectl plugin)")
+}
+
+/// Parses the process's arguments (exits on a usage error, `--help` and
+/// `--version`, as clap does).
+pub fn parse() -> Cli {
+    let matches = command_for(&program_name()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 async fn status(args: StatusArgs) -> Result<(), Error> {
@@ -385,9 +463,54 @@ pub fn crd_yaml() -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
+
+    #[test]
+    fn the_plugin_executable_is_named_as_kubectl_calls_it() {
+        assert_eq!(program_for("kubectl-oauth_token"), "kubectl oauth-token");
+        assert_eq!(
+            program_for("kubectl-oauth_token.exe"),
+            "kubectl oauth-token"
+        );
+        assert_eq!(program_for("oauth-token-operator"), PROGRAM);
+        assert_eq!(program_for("kubectl-"), PROGRAM);
+    }
+
+    #[test]
+    fn plugin_help_shows_the_plugin_form_and_hides_operator_commands() {
+        let mut command = command_for(PLUGIN);
+        let help = command.render_help().to_string();
+        assert!(
+            help.contains("Usage: kubectl oauth-token <COMMAND>"),
+            "{help}"
+        );
+        for shown in ["authorize", "status", "refresh", "opt-in"] {
+            assert!(
+                help.contains(&format!("  {shown} ")),
+                "{shown} missing: {help}"
+            );
+        }
+        for hidden in ["run", "crd", "completion"] {
+            assert!(
+                !help.contains(&format!("  {hidden} ")),
+                "{hidden} shown: {help}"
+            );
+        }
+        let mut own = command_for(PROGRAM);
+        let help = own.render_help().to_string();
+        assert!(
+            help.contains("Usage: oauth-token-operator <COMMAND>"),
+            "{help}"
+        );
+        assert!(help.contains("  run ") && help.contains("  crd "), "{help}");
+    }
+
+    #[test]
+    fn the_version_names_the_commit() {
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(VERSION.contains(&format!("(commit {GIT_COMMIT})")));
+        assert!(!GIT_COMMIT.is_empty());
+    }
 
     #[test]
     fn every_run_flag_has_an_environment_variable() {

@@ -53,6 +53,8 @@ pub const REAUTH_REQUIRED: &str = "ReauthRequired";
     plural = "oauthcredentials",
     singular = "oauthcredential",
     shortname = "oauthcred",
+    // `kubectl get oauth-token-operator` lists every kind of this operator.
+    category = "oauth-token-operator",
     namespaced,
     status = "OAuthCredentialStatus",
     derive = "PartialEq",

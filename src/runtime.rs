@@ -204,6 +204,12 @@ pub struct RunArgs {
     /// with 403 Forbidden) before `/readyz` reports the replica unready.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_WATCH_FAILURE_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub watch_failure_grace: Duration,
+
+    /// How long the leader may go without finishing a reconcile while a
+    /// credential's refresh is due before `/livez` answers 503 (so the
+    /// kubelet restarts it); `0s` never fails.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -278,7 +284,11 @@ pub async fn start(
     let lease_budget = lease_budget(args)?;
     let extra_roots = extra_roots(args)?;
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(clock.clone(), args.watch_failure_grace));
+    let health = Arc::new(Health::new(
+        clock.clone(),
+        args.watch_failure_grace,
+        args.stall_timeout,
+    ));
     let admin = Admin::bind(args.admin_address)
         .await
         .map_err(RunError::Admin)?;

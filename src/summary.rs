@@ -76,7 +76,7 @@ pub struct LastFailure {
 }
 
 /// The rows for `credentials`, sorted by namespace and name. `program` is how
-/// the person invoked us (`oauth-token-operator` or `kubectl oauth`).
+/// the person invoked us (`oauth-token-operator` or `kubectl oauth-token`).
 pub fn rows(credentials: &[OAuthCredential], program: &str, now: Timestamp) -> Vec<Row> {
     let mut rows: Vec<Row> = credentials
         .iter()
@@ -386,7 +386,7 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
     fn without_all_namespaces_there_is_no_namespace_column() {
         let rows = rows(
             &[credential("team-a", "gmail-sender", Some(healthy()))],
-            "kubectl oauth",
+            "kubectl oauth-token",
             ts(NOW),
         );
         let text = table(&rows, Columns::default(), ts(NOW));
@@ -398,7 +398,7 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
     fn json_rows_carry_times_seconds_and_the_fix() {
         let rows = rows(
             &[credential("team-b", "drive-importer", Some(revoked()))],
-            "kubectl oauth",
+            "kubectl oauth-token",
             ts(NOW),
         );
         let json = serde_json::to_value(&rows).unwrap();
@@ -411,7 +411,10 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
         assert_eq!(row["lastFailure"]["reason"], "InvalidGrant");
         assert_eq!(row["lastFailure"]["category"], "ReauthRequired");
         assert_eq!(row["lastFailure"]["current"], true);
-        assert_eq!(row["fix"], "kubectl oauth authorize team-b/drive-importer");
+        assert_eq!(
+            row["fix"],
+            "kubectl oauth-token authorize team-b/drive-importer"
+        );
     }
 
     #[test]
@@ -436,7 +439,7 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
         });
         let rows = rows(
             &[credential("team-a", "gmail-sender", Some(status))],
-            "kubectl oauth",
+            "kubectl oauth-token",
             ts(NOW),
         );
         let text = table(
@@ -452,7 +455,7 @@ NAME           READY   REAUTH   EXPIRES IN   NEXT REFRESH   LAST FAILURE   REASO
 gmail-sender   True    False    1h00m        in 40m         -              RefreshTokenExpiring   o        3d0h
 
 team-a/gmail-sender: the refresh token expires at 2026-11-24T12:00:00Z (in 3d0h); grant consent again before then
-  fix: kubectl oauth authorize team-a/gmail-sender
+  fix: kubectl oauth-token authorize team-a/gmail-sender
 ";
         assert_eq!(text, expected);
         let json = serde_json::to_value(&rows).unwrap();

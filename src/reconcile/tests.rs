@@ -209,7 +209,11 @@ fn context(client: Client) -> Arc<Context> {
         instance: None,
         fence: Fence::open(),
         metrics: Arc::new(Metrics::new()),
-        health: Arc::new(Health::new(clock.clone(), Duration::from_secs(60))),
+        health: Arc::new(Health::new(
+            clock.clone(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )),
         endpoint_rate: NonZeroU32::new(10).unwrap(),
         endpoint_burst: NonZeroU32::new(10).unwrap(),
         clock,

@@ -199,6 +199,8 @@ pub async fn run(
         owned_secrets,
         references.clone(),
     ));
+    let health = config.health.clone();
+    health.restart_stall_clock();
     let controller = Controller::for_stream(credential_stream, credentials.clone())
         .owns_stream(owned_stream)
         .watches_stream(inputs, move |secret: PartialObjectMeta<Secret>| {
@@ -209,15 +211,18 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                debug!(%error, "controller event");
+        .for_each(|result| {
+            health.reconciled();
+            async move {
+                if let Err(error) = result {
+                    debug!(%error, "controller event");
+                }
             }
         });
     // The gauges follow the cache on a task of their own (so that a pass
     // over a large cache never holds up reconciles); if that task ends, so
     // does the controller, and the supervisor above says why.
-    let mut gauges = tokio::spawn(follow_cache(credentials, ctx));
+    let mut gauges = tokio::spawn(follow_cache(credentials, ctx, config.health.clone()));
     let ended = tokio::select! {
         () = controller => Ok(()),
         joined = &mut gauges => Err(Stopped::CacheFollower(match joined {
@@ -227,6 +232,7 @@ pub async fn run(
     };
     gauges.abort();
     config.health.set_ready(false);
+    config.health.restart_stall_clock();
     ended
 }
 
@@ -345,10 +351,22 @@ fn input_watch(
 /// credential cache, every 5 s. (Never await the store's readiness here:
 /// kube-runtime wakes only its most recent waiter, and the controller itself
 /// waits on it.)
-async fn follow_cache(store: Store<OAuthCredential>, ctx: Arc<Context>) {
+async fn follow_cache(store: Store<OAuthCredential>, ctx: Arc<Context>, health: Arc<Health>) {
     loop {
         let state = store.state();
         ctx.metrics.observe(state.iter().map(|c| c.as_ref()));
+        // What `/livez` weighs progress against: the earliest scheduled call
+        // already past.
+        let now = ctx.clock.now();
+        let earliest_due = state
+            .iter()
+            .filter_map(|c| c.status.as_ref()?.refresh_at.as_ref().map(|at| at.0))
+            .filter(|at| *at <= now)
+            .min();
+        health.set_overdue(
+            earliest_due
+                .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO)),
+        );
         ctx.memory.forget_deleted(&state, &ctx.metrics);
         drop(state);
         ctx.backlog.lock().expect("lock").prune(ctx.clock.instant());

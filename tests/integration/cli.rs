@@ -186,3 +186,51 @@ async fn refresh_and_status_flags_behave_as_documented() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn version_names_the_commit_of_the_checkout() {
+    let output = run(&["--version"]).await;
+    assert!(output.status.success(), "{output:?}");
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git rev-parse HEAD");
+    let head = String::from_utf8(head.stdout).unwrap();
+    assert_eq!(
+        stdout(&output).trim(),
+        format!(
+            "oauth-token-operator {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            head.trim()
+        )
+    );
+}
+
+#[tokio::test]
+async fn completion_scripts_load_in_their_shells_and_name_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = run(&["completion", shell]).await;
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = stdout(&output);
+        for command in ["authorize", "status", "refresh", "opt-in", "run", "crd"] {
+            assert!(script.contains(command), "{shell} script lacks {command}");
+        }
+    }
+    // bash (the shell here) loads the script and registers the completion.
+    let loaded = Command::new("bash")
+        .args([
+            "-c",
+            "source <(\"$0\" completion bash) && complete -p oauth-token-operator",
+            env!("CARGO_BIN_EXE_oauth-token-operator"),
+        ])
+        .output()
+        .expect("run bash");
+    assert!(loaded.status.success(), "{loaded:?}");
+    assert!(
+        stdout(&loaded).contains("oauth-token-operator"),
+        "{loaded:?}"
+    );
+    let unknown = run(&["completion", "tcsh"]).await;
+    assert_eq!(unknown.status.code(), Some(2), "a usage error");
+}

@@ -199,3 +199,31 @@ async fn the_examples_are_accepted_by_the_api_server() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_api_server_lists_the_kind_under_the_operators_category() {
+    let client = kube::Client::try_default().await.expect("kubeconfig");
+    ensure_crd(&client).await;
+    // What `kubectl get oauth-token-operator` expands: the discovery
+    // document's categories.
+    let categories = eventually(
+        "discovery to list the category",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                let list = client
+                    .list_api_group_resources("oauth.tokenoperator.io/v1alpha1")
+                    .await
+                    .ok()?;
+                let resource = list
+                    .resources
+                    .into_iter()
+                    .find(|r| r.name == "oauthcredentials")?;
+                resource.categories
+            }
+        },
+    )
+    .await;
+    assert_eq!(categories, vec!["oauth-token-operator".to_string()]);
+}
