@@ -11,9 +11,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::resource::{OAuthCredential, READY, REAUTH_REQUIRED};
+
+mod process;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -116,60 +119,71 @@ fn register<M: prometheus_client::registry::Metric + Clone>(
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("oauth_token_operator");
+        // The process metrics keep their standard, unprefixed names.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("oauth_token_operator");
+        registry.register(
+            "build",
+            "The operator's version and the git commit it was built from (always 1)",
+            Info::new([
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", crate::cli::GIT_COMMIT),
+            ]),
+        );
         let (refresh_attempts, refresh_duration, reconcile_errors) =
-            Self::register_refreshes(&mut registry);
+            Self::register_refreshes(registry);
         let credentials = register(
-            &mut registry,
+            registry,
             "credentials",
             "OAuthCredentials by the status of their Ready and ReauthRequired conditions",
             Family::<ConditionLabels, Gauge>::default(),
         );
         let earliest_expiry = register(
-            &mut registry,
+            registry,
             "earliest_expiry_timestamp_seconds",
             "Unix time at which the first access token among all credentials expires (0 when none)",
             Gauge::<f64, AtomicU64>::default(),
         );
         let next_refresh = register(
-            &mut registry,
+            registry,
             "next_refresh_timestamp_seconds",
             "Unix time of the next scheduled token-endpoint call among all credentials (0 when none)",
             Gauge::<f64, AtomicU64>::default(),
         );
         let leader = register(
-            &mut registry,
+            registry,
             "leader",
             "1 while this replica runs the controller, else 0",
             Gauge::<i64, AtomicI64>::default(),
         );
         let rate_limit_waits = register(
-            &mut registry,
+            registry,
             "rate_limit_waits",
             "Token-endpoint calls that waited for the per-endpoint rate limit",
             Counter::default(),
         );
         let rate_limit_deferrals = register(
-            &mut registry,
+            registry,
             "rate_limit_deferrals",
             "Refreshes put back because credentials whose tokens expire sooner were waiting for the same endpoint's rate limit",
             Counter::default(),
         );
         let scheduled = register(
-            &mut registry,
+            registry,
             "credentials_scheduled",
             "Credentials this replica has reconciled since it started, so whose next action it has scheduled; equals the number of credentials once the start-up pass is done",
             Gauge::<i64, AtomicI64>::default(),
         );
         let tracked = register(
-            &mut registry,
+            registry,
             "tracked_entries",
             "Entries the operator keeps in memory, by map; they shrink as credentials, Secrets and endpoints go",
             Family::<MapLabels, Gauge>::default(),
         );
-        let lifecycle = Lifecycle::register(&mut registry);
+        let lifecycle = Lifecycle::register(registry);
         Self {
-            registry,
+            registry: root,
             lifecycle,
             refresh_attempts,
             refresh_duration,
@@ -340,6 +354,29 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_info_and_the_standard_process_metrics_are_exported() {
+        let text = Metrics::new().encode();
+        let build = format!(
+            "oauth_token_operator_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::cli::GIT_COMMIT
+        );
+        assert!(text.contains(&build), "{text}");
+        for name in [
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(!text.contains("oauth_token_operator_process"), "unprefixed");
+    }
 
     #[test]
     fn outcomes_and_conditions_are_counted_with_bounded_labels() {
