@@ -15,7 +15,7 @@ use crate::resource::OAuthCredential;
 use crate::runtime::{self, RunArgs, RunError};
 use crate::schedule::parse_duration;
 use crate::summary;
-use crate::{authorize, force_refresh, opt_in};
+use crate::{authorize, force_refresh, keys_command, opt_in};
 
 /// The binary's own name; how messages name the tool unless it runs as the
 /// kubectl plugin.
@@ -68,9 +68,56 @@ pub enum Command {
     /// Ask the operator to refresh now (one credential, those matching a
     /// selector, or all), and wait for the outcome.
     Refresh(RefreshArgs),
+    /// Back up, restore and rotate the seal key ring (the Secret the
+    /// refresh tokens are sealed with).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print a shell completion script: `source <(oauth-token-operator
     /// completion bash)`, or see the README for zsh and fish.
     Completion(CompletionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print the key-ring Secret as a manifest on stdout, for a backup. It
+    /// holds the keys themselves: store it as you store secrets. Restore it
+    /// with `keys import`, or `kubectl apply -n <namespace> -f`.
+    Export(KeysTarget),
+    /// Restore keys from a backup (an exported manifest, a Secret from
+    /// `kubectl get -o yaml`, or a bare key ring): its keys are added to the
+    /// Secret (created if missing) and its primary key becomes primary. A
+    /// key id that names other bytes on each side is refused.
+    Import(KeysImportArgs),
+    /// Add a new random key and make it primary: the operator re-seals every
+    /// refresh token under it within seconds; the old keys stay until you
+    /// remove them (README, "Sealing refresh tokens").
+    Rotate(KeysTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysTarget {
+    /// Namespace of the key-ring Secret (the operator's). Default: the
+    /// kubeconfig context's.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+
+    /// Name of the key-ring Secret (`--seal-keys-secret` of the operator, or
+    /// the chart's `sealKeys.existingSecret`).
+    #[arg(long, default_value = keys_command::DEFAULT_SECRET)]
+    pub secret: String,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysImportArgs {
+    #[command(flatten)]
+    pub target: KeysTarget,
+
+    /// The backup: a file, or `-` for stdin.
+    #[arg(short, long)]
+    pub file: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +287,8 @@ pub enum Error {
     Yaml(#[from] serde_yaml_ng::Error),
     #[error(transparent)]
     Refresh(#[from] force_refresh::Error),
+    #[error(transparent)]
+    Keys(#[from] keys_command::Error),
     #[error("{0} credential(s) need a person (ReauthRequired=True)")]
     ReauthRequired(usize),
 }
@@ -287,6 +336,7 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
                 credential_name(&args.credential, args.namespace.as_deref(), &client)?;
             Ok(opt_in::run(client, &namespace, &name).await?)
         }
+        Command::Keys(command) => keys(command).await,
         Command::Completion(args) => {
             clap_complete::generate(
                 args.shell,
@@ -426,6 +476,35 @@ async fn status(args: StatusArgs) -> Result<(), Error> {
     let waiting = rows.iter().filter(|r| r.reauth_required == "True").count();
     if args.fail_on_reauth && waiting > 0 {
         return Err(Error::ReauthRequired(waiting));
+    }
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> Result<(), Error> {
+    let given = match &command {
+        KeysCommand::Export(target) | KeysCommand::Rotate(target) => target,
+        KeysCommand::Import(args) => &args.target,
+    };
+    let client = given.kube.client().await?;
+    let target = keys_command::Target {
+        namespace: given
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        secret: given.secret.clone(),
+    };
+    match &command {
+        KeysCommand::Export(_) => print!("{}", keys_command::export(&client, &target).await?),
+        KeysCommand::Import(args) => {
+            let backup = keys_command::read_backup(&args.file)?;
+            println!("{}", keys_command::import(&client, &target, backup).await?);
+        }
+        KeysCommand::Rotate(_) => {
+            let id = keys_command::rotate(&client, &target, Timestamp::now()).await?;
+            println!(
+                "Secret {target}: new primary key {id}. The operator re-seals every refresh token under it within seconds; remove the old keys once `kubectl get oauthcredentials -A -o wide` lists only {id} under SEALED WITH."
+            );
+        }
     }
     Ok(())
 }

@@ -224,6 +224,7 @@ mod tests {
                 generation: 1,
                 client_secret_version: "5".into(),
                 refresh_token_secret_version: "7".into(),
+                key_ring: String::new(),
             },
         });
         status

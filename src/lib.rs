@@ -46,6 +46,7 @@ pub mod endpoint;
 pub mod force_refresh;
 pub mod input_secrets;
 pub mod keys;
+pub mod keys_command;
 pub mod leader;
 pub mod metrics;
 pub mod opt_in;

@@ -599,6 +599,11 @@ pub struct Inputs {
     pub client_secret_version: String,
     /// `resourceVersion` of the refresh-token Secret.
     pub refresh_token_secret_version: String,
+    /// The seal key ring's key ids, recorded only with a
+    /// `SealedTokenUnreadable` failure: a key restored to the ring (`keys
+    /// import`) may open the value, so a change of the ring retries it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_ring: String,
 }
 
 /// A condition with `metav1.Condition` semantics.

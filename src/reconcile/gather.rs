@@ -112,6 +112,7 @@ impl Context {
             refresh_token_secret_version: self
                 .secret_version(credential, &credential.spec.refresh_token_secret_ref.name)
                 .await?,
+            key_ring: String::new(),
         })
     }
 
@@ -171,6 +172,7 @@ impl Context {
                 &client_secret,
             ),
             refresh_token_secret_version: self.version_read(&ns, refresh_name, &refresh_secret),
+            key_ring: String::new(),
         };
         Ok(Gathered {
             client_secret,

@@ -197,7 +197,11 @@ async fn stages(credential: Arc<OAuthCredential>, ctx: &Context) -> Result<Actio
         Plan::Restore => ctx.restore(&credential, output).await,
         Plan::WaitUntil(at) => ctx.settle(&credential, now, Some(at)).await,
         Plan::RefreshIfInputsChanged { since, retry_at } => {
-            if ctx.input_versions(&credential).await? == since {
+            let mut current = ctx.input_versions(&credential).await?;
+            if !since.key_ring.is_empty() {
+                current.key_ring = refresh::key_ring_ids(&ctx.keys.current());
+            }
+            if current == since {
                 ctx.settle(&credential, now, retry_at).await
             } else {
                 let why = decision::RefreshReason::InputsChanged;

@@ -122,6 +122,10 @@ impl Context {
             Ok(ready) => ready,
             Err(invalid) => {
                 let problem: Problem = (&invalid).into();
+                let mut attempt = attempt;
+                if matches!(invalid, validate::Invalid::SealedTokenUnreadable { .. }) {
+                    attempt.inputs.key_ring = key_ring_ids(&keys);
+                }
                 info!(
                     outcome = problem.reason,
                     trigger = why.as_str(),
@@ -374,4 +378,10 @@ fn without_echo(mut token: Token, sent: &SecretString) -> Token {
         token.refresh_token = None;
     }
     token
+}
+
+/// The key ids a `SealedTokenUnreadable` failure records (see
+/// `Inputs::key_ring`).
+pub(super) fn key_ring_ids(keys: &crate::seal::KeyRing) -> String {
+    keys.key_ids().join(",")
 }

@@ -187,10 +187,6 @@ pub async fn run(
             &config.health,
         ),
     );
-    // A new key ring re-reconciles everything, so old keys go out of use.
-    let rekeyed = futures::stream::unfold(keys_changed, |mut rx| async move {
-        rx.changed().await.ok().map(|()| ((), rx))
-    });
     let ctx = Arc::new(Context::new(
         client,
         &config,
@@ -207,7 +203,8 @@ pub async fn run(
             credentials_naming(&references, &secret)
         })
         .reconcile_on(affected)
-        .reconcile_all_on(rekeyed)
+        // A new key ring re-reconciles everything, so old keys go out of use.
+        .reconcile_all_on(changes(keys_changed))
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
@@ -234,6 +231,15 @@ pub async fn run(
     config.health.set_ready(false);
     config.health.restart_stall_clock();
     ended
+}
+
+/// Each change of a watched value, as a stream.
+fn changes<T: Send + Sync + 'static>(
+    receiver: tokio::sync::watch::Receiver<T>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(receiver, |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    })
 }
 
 /// The credential and Secret APIs, in one namespace or all. Secrets are
