@@ -15,6 +15,7 @@ mod lifecycle;
 mod node;
 mod operator;
 mod rbac;
+mod release;
 mod resilience;
 mod runtime;
 mod sealing;
