@@ -228,9 +228,17 @@ pub async fn run(
         })),
     };
     gauges.abort();
+    stopped_serving(&config);
+    ended
+}
+
+/// A replica that stops serving (leadership or shards lost) reports no
+/// credentials, so that sums over replicas count each credential once, and
+/// is neither ready nor stalled.
+fn stopped_serving(config: &ControllerConfig) {
+    config.metrics.observe(std::iter::empty());
     config.health.set_ready(false);
     config.health.restart_stall_clock();
-    ended
 }
 
 /// Each change of a watched value, as a stream.
