@@ -7,7 +7,10 @@
 # user (65532), matching the chart's pod security context. The binary needs no
 # writable filesystem, so the chart mounts the root read-only.
 # (This file has not been built on the development machine, which has no
-# container engine; the same cargo command is what CI compiles and tests.)
+# container engine; the same cargo command is what CI compiles and tests.
+# CI builds the image with scripts/image instead, and a test,
+# tests/integration/image.rs, fails when the two disagree on the user, the
+# entrypoint, the command, the exposed ports or the binary's path.)
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

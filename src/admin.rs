@@ -1,4 +1,4 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/livez` and
+//! The admin HTTP server: `/metrics` (OpenMetrics text), `/livez` and
 //! `/readyz`. It serves no token and no Secret data.
 
 use std::collections::HashMap;
@@ -19,7 +19,8 @@ use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
 /// Readiness: caches synced (leader), or leadership known (standby); and no
-/// watch failing for longer than the grace.
+/// watch failing for longer than the grace. Liveness: the controller is not
+/// stalled (see `stalled`).
 pub struct Health {
     ready: AtomicBool,
     clock: SharedClock,
@@ -27,16 +28,82 @@ pub struct Health {
     watch_failure_grace: Duration,
     /// Watches failing now, and since when.
     failing: Mutex<HashMap<&'static str, Instant>>,
+    /// How long the controller may go without finishing a reconcile while a
+    /// credential is due before `/livez` fails; zero never fails.
+    stall_timeout: Duration,
+    progress: Mutex<Progress>,
+}
+
+/// What liveness is judged on, on the monotonic clock.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    /// When a reconcile last finished (or the controller started).
+    last: Instant,
+    /// Since when the earliest due credential has been due; `None` while no
+    /// controller runs here or nothing is due.
+    due_since: Option<Instant>,
+}
+
+/// Why `/livez` fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stalled {
+    /// Since the last finished reconcile.
+    pub idle: Duration,
+    /// How long the earliest due credential has been due.
+    pub due_for: Duration,
 }
 
 impl Health {
-    pub fn new(clock: SharedClock, watch_failure_grace: Duration) -> Self {
+    pub fn new(clock: SharedClock, watch_failure_grace: Duration, stall_timeout: Duration) -> Self {
+        let progress = Progress {
+            last: clock.instant(),
+            due_since: None,
+        };
         Self {
             ready: AtomicBool::new(false),
             clock,
             watch_failure_grace,
             failing: Mutex::new(HashMap::new()),
+            stall_timeout,
+            progress: Mutex::new(progress),
         }
+    }
+
+    /// A reconcile finished (whatever its result: a controller that keeps
+    /// finishing reconciles is not stuck, and a restart would not help it).
+    pub fn reconciled(&self) {
+        self.progress.lock().expect("health lock").last = self.clock.instant();
+    }
+
+    /// The controller starts or stops: the stall clock starts afresh, and
+    /// nothing is due until the cache says so (a standby has no work due).
+    pub fn restart_stall_clock(&self) {
+        let mut progress = self.progress.lock().expect("health lock");
+        progress.last = self.clock.instant();
+        progress.due_since = None;
+    }
+
+    /// How long the earliest due credential has been due (`None`: none is).
+    pub fn set_overdue(&self, overdue: Option<Duration>) {
+        let now = self.clock.instant();
+        let mut progress = self.progress.lock().expect("health lock");
+        progress.due_since = overdue.map(|by| now.checked_sub(by).unwrap_or(now));
+    }
+
+    /// Stalled: a credential has been due for longer than the stall timeout
+    /// and no reconcile has finished within it. (A long start-up pass or a
+    /// rate limit keeps finishing reconciles; a hung call or a deadlock does
+    /// not.)
+    pub fn stalled(&self) -> Option<Stalled> {
+        if self.stall_timeout.is_zero() {
+            return None;
+        }
+        let now = self.clock.instant();
+        let progress = *self.progress.lock().expect("health lock");
+        let due_for = now.saturating_duration_since(progress.due_since?);
+        let idle = now.saturating_duration_since(progress.last);
+        (due_for > self.stall_timeout && idle > self.stall_timeout)
+            .then_some(Stalled { idle, due_for })
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -99,7 +166,7 @@ impl Admin {
     pub async fn serve(self, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<()> {
         let app = Router::new()
             .route("/metrics", get(metrics_text))
-            .route("/livez", get(|| async { "ok" }))
+            .route("/livez", get(livez))
             .route("/readyz", get(readyz))
             .with_state(AdminState { metrics, health });
         info!(address = %self.address, "admin server listening");
@@ -107,14 +174,32 @@ impl Admin {
     }
 }
 
+/// The body is OpenMetrics text (prometheus-client writes nothing else), so
+/// it says so: served as `text/plain; version=0.0.4`, Prometheus parses it
+/// with the older format's rules and counters lose their HELP and TYPE.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
         state.metrics.encode(),
     )
+}
+
+async fn livez(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.health.stalled() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(stalled) => {
+            let message = format!(
+                "stalled: no reconcile finished for {} s while a credential has been due for {} s",
+                stalled.idle.as_secs(),
+                stalled.due_for.as_secs()
+            );
+            warn!("{message}; /livez fails so that the replica is restarted");
+            (StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -142,7 +227,7 @@ mod tests {
     #[test]
     fn a_watch_failing_longer_than_the_grace_makes_the_replica_unready() {
         let clock = Arc::new(ManualClock::new("2026-11-21T19:00:00Z".parse().unwrap()));
-        let health = Health::new(clock.clone(), Duration::from_secs(60));
+        let health = Health::new(clock.clone(), Duration::from_secs(60), Duration::ZERO);
         health.set_ready(true);
         health.observe_watch("credentials", false);
         clock.advance(Duration::from_secs(30));
@@ -153,5 +238,41 @@ mod tests {
         assert_eq!(health.failing_watch(), Some("credentials"));
         health.observe_watch("credentials", true);
         assert!(health.is_ready(), "a success ends the streak");
+    }
+
+    #[test]
+    fn livez_fails_only_when_work_is_due_and_nothing_finishes_for_the_stall_timeout() {
+        let clock = Arc::new(ManualClock::new("2026-11-21T19:00:00Z".parse().unwrap()));
+        let health = Health::new(
+            clock.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+        );
+        health.restart_stall_clock();
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(health.stalled(), None, "idle, but nothing is due");
+        health.set_overdue(Some(Duration::from_secs(200)));
+        assert_eq!(health.stalled(), None, "due for 200 s only");
+        clock.advance(Duration::from_secs(101));
+        assert_eq!(
+            health.stalled(),
+            Some(Stalled {
+                idle: Duration::from_secs(701),
+                due_for: Duration::from_secs(301),
+            })
+        );
+        health.reconciled();
+        assert_eq!(health.stalled(), None, "a finished reconcile is progress");
+        clock.advance(Duration::from_secs(301));
+        assert!(health.stalled().is_some(), "and then none for 301 s");
+        health.set_overdue(None);
+        assert_eq!(health.stalled(), None, "nothing due any more");
+        health.set_overdue(Some(Duration::from_secs(3600)));
+        health.restart_stall_clock();
+        assert_eq!(health.stalled(), None, "no controller here: a standby");
+        let never = Health::new(clock.clone(), Duration::from_secs(60), Duration::ZERO);
+        never.set_overdue(Some(Duration::from_secs(3600)));
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(never.stalled(), None, "a zero timeout never fails");
     }
 }

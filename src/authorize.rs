@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use secrecy::{ExposeSecret, SecretString};
 use thiserror::Error;
@@ -24,9 +24,11 @@ use url::Url;
 use crate::api_error::ApiError;
 use crate::consent::{self, ConsentError, Pkce};
 use crate::endpoint::{self, EndpointError, TokenEndpoint};
+use crate::force_refresh;
 use crate::input_secrets::{self, ClientCredentials, ClientSecretError, InputKind};
 use crate::refresh_token_store::{self, StoreError};
-use crate::resource::{FORCE_REFRESH_ANNOTATION, OAuthCredential, READY};
+use crate::resource::{OAuthCredential, READY, REFRESH_TOKEN_EXPIRES_AT_ANNOTATION};
+use crate::schedule;
 use crate::status::reason;
 use crate::summary::short;
 use crate::token_client::{TokenClient, TokenClientConfig};
@@ -47,7 +49,9 @@ pub struct Options {
     /// does not wait.
     pub wait: Duration,
     pub allow_insecure_loopback_http: bool,
-    /// How the person invoked us, for messages (`kubectl oauth`, ...).
+    /// The loopback redirect's port; 0 takes any free one.
+    pub port: u16,
+    /// How the person invoked us, for messages (`kubectl oauth-token`, ...).
     pub program: String,
 }
 
@@ -91,8 +95,10 @@ pub enum Error {
     },
     #[error("{0}; nothing was asked of anyone")]
     WouldFail(ApiError),
-    #[error("cannot listen on 127.0.0.1 for the redirect: {0}")]
-    Listen(std::io::Error),
+    #[error(
+        "cannot listen on 127.0.0.1:{0} for the redirect (`--port`; 0 takes any free port): {1}; nothing was written"
+    )]
+    Listen(u16, std::io::Error),
     #[error("no consent arrived within {0}; nothing was written")]
     NoConsent(String),
     #[error("the redirect listener stopped; nothing was written")]
@@ -168,12 +174,15 @@ struct Prepared {
 
 pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let prepared = prepare(client, &options).await?;
-    let listener = TcpListener::bind(("127.0.0.1", 0))
+    let listener = TcpListener::bind(("127.0.0.1", options.port))
         .await
-        .map_err(Error::Listen)?;
+        .map_err(|e| Error::Listen(options.port, e))?;
     let redirect_uri = format!(
         "http://127.0.0.1:{}/",
-        listener.local_addr().map_err(Error::Listen)?.port()
+        listener
+            .local_addr()
+            .map_err(|e| Error::Listen(options.port, e))?
+            .port()
     );
     let pkce = Pkce::generate();
     let state = consent::new_state();
@@ -209,8 +218,8 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         prepared.store.name,
         prepared.store.key
     );
-    let requested = Timestamp::now().to_string();
-    request_refresh(&prepared.credentials, &options.name, &requested, false)
+    let requested = force_refresh::new_value();
+    force_refresh::request(&prepared.credentials, &options.name, &requested, false)
         .await
         .map_err(|e| {
             let context = format!(
@@ -284,10 +293,10 @@ async fn prepare(client: Client, options: &Options) -> Result<Prepared, Error> {
         require_input(secret, InputKind::RefreshToken, options)?;
     }
     store
-        .write(&SecretString::from("dry-run"), true)
+        .write(&SecretString::from("dry-run"), None, true)
         .await
         .map_err(Error::WouldFail)?;
-    request_refresh(&credentials, &options.name, "dry-run", true)
+    force_refresh::request(&credentials, &options.name, "dry-run", true)
         .await
         .map_err(|e| {
             let context = format!(
@@ -488,9 +497,15 @@ async fn exchange_and_store(
     if !missing.is_empty() {
         return Err(ConsentError::MissingScopes(missing).into());
     }
+    // A time-limited grant says when it ends: kept on the Secret, so that the
+    // operator warns before then even if refreshes do not repeat it.
+    let grant_expiry = token.refresh_token_expires_in.and_then(|lifetime| {
+        let lifetime = k8s_openapi::jiff::SignedDuration::try_from(lifetime).ok()?;
+        Timestamp::now().checked_add(lifetime).ok()
+    });
     prepared
         .store
-        .write(&refresh_token, false)
+        .write(&refresh_token, grant_expiry, false)
         .await
         .map_err(|e| Error::NotStored(e.redacted(refresh_token.expose_secret())))?;
     // Shown to the person: provider text, so made printable first.
@@ -505,35 +520,26 @@ async fn wait_for_refresh(
     requested: &str,
 ) -> Result<(), Error> {
     let target = format!("{}/{}", options.namespace, options.name);
-    // Polled with `get`, once a second: a watch would need more permissions
-    // of the person, for no gain at this pace.
-    let acted = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let credential = credentials.get_opt(&options.name).await?;
-            let done = credential.as_ref().is_none_or(|c| {
-                c.status
-                    .as_ref()
-                    .and_then(|s| s.last_forced_refresh.as_deref())
-                    == Some(requested)
-            });
-            if done {
-                return Ok::<_, kube::Error>(credential);
-            }
-        }
-    };
-    let credential = tokio::time::timeout(options.wait, acted)
-        .await
-        .map_err(|_| Error::NotActedOn {
+    let client = credentials.clone().into_client();
+    let mut seen = force_refresh::wait_for(
+        &client,
+        std::slice::from_ref(&target),
+        requested,
+        options.wait,
+    )
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            format!("the refresh token is stored, but reading {target} failed"),
+            e,
+        )
+    })?;
+    let credential = seen
+        .remove(&target)
+        .ok_or_else(|| Error::NotActedOn {
             wait: short(options.wait.as_secs() as i64),
             namespace: options.namespace.clone(),
             name: options.name.clone(),
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                format!("the refresh token is stored, but reading {target} failed"),
-                e,
-            )
         })?
         .ok_or_else(|| Error::Deleted(target.clone()))?;
     report_refresh(credential, options, &target)
@@ -571,25 +577,6 @@ fn report_refresh(
     }
 }
 
-/// Sets the force-refresh annotation (or tries to, with `dry_run`).
-async fn request_refresh(
-    credentials: &Api<OAuthCredential>,
-    name: &str,
-    value: &str,
-    dry_run: bool,
-) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({"metadata": {"annotations": {FORCE_REFRESH_ANNOTATION: value}}});
-    let mut params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    params.dry_run = dry_run;
-    credentials
-        .patch(name, &params, &Patch::Merge(patch))
-        .await
-        .map(|_| ())
-}
-
 /// The refresh-token Secret, where the new token goes.
 struct Store {
     secrets: Api<Secret>,
@@ -610,7 +597,12 @@ impl Store {
     /// sight) and removes a sealed value of an earlier token; other keys are
     /// kept. Creates the Secret when it does not exist. Guarded by the
     /// `resourceVersion` read just before, retried on conflict.
-    async fn write(&self, token: &SecretString, dry_run: bool) -> Result<(), ApiError> {
+    async fn write(
+        &self,
+        token: &SecretString,
+        expires_at: Option<Timestamp>,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
         let params = PostParams {
             dry_run,
             field_manager: Some(FIELD_MANAGER.into()),
@@ -628,9 +620,19 @@ impl Store {
             .map_err(|e| ApiError::new(context(), e))?;
         let stored =
             refresh_token_store::write(&self.secrets, &self.name, &params, current, 5, |read| {
-                Some(input_secrets::with_new_token(
-                    read, &self.name, &self.key, token,
-                ))
+                let mut secret = input_secrets::with_new_token(read, &self.name, &self.key, token);
+                let annotations = secret
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default);
+                match expires_at {
+                    Some(at) => annotations.insert(
+                        REFRESH_TOKEN_EXPIRES_AT_ANNOTATION.into(),
+                        schedule::whole_seconds(at).to_string(),
+                    ),
+                    None => annotations.remove(REFRESH_TOKEN_EXPIRES_AT_ANNOTATION),
+                };
+                Some(secret)
             })
             .await;
         match stored {
@@ -707,27 +709,10 @@ fn read_pasted_addresses(arrivals: mpsc::Sender<Arrival>, redirect_uri: String) 
     });
 }
 
-/// Opens `url` with `$BROWSER`, else the platform's opener. Whether it could
-/// be started; the address is printed either way.
+/// Opens `url` in the person's browser: `$BROWSER`, else the platform's
+/// opener (xdg-open and the desktops' own, WSL's Windows browser, macOS
+/// `open`, Windows' default). Whether one started; the address is printed
+/// either way.
 fn open_browser(url: &str) -> bool {
-    let opener = std::env::var("BROWSER").ok().filter(|b| !b.is_empty());
-    let opener = opener.as_deref().unwrap_or(if cfg!(target_os = "macos") {
-        "open"
-    } else {
-        "xdg-open"
-    });
-    let started = std::process::Command::new(opener)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    match started {
-        Ok(mut child) => {
-            // Reap it whenever it exits; do not wait here.
-            std::thread::spawn(move || child.wait());
-            true
-        }
-        Err(_) => false,
-    }
+    webbrowser::open(url).is_ok()
 }

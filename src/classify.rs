@@ -26,7 +26,7 @@ const MAX_ERROR_CODE: usize = 64;
 pub const REDACTED: &str = "[redacted]";
 
 /// A successful refresh. Token values are wrapped so that they never print.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Token {
     pub access_token: SecretString,
     pub token_type: String,
@@ -35,6 +35,9 @@ pub struct Token {
     pub scope: Option<String>,
     /// A new refresh token (rotation). Must be persisted before anything else.
     pub refresh_token: Option<SecretString>,
+    /// How long the refresh token itself stays valid, when the provider says
+    /// (Google's time-limited grants: `refresh_token_expires_in`).
+    pub refresh_token_expires_in: Option<Duration>,
 }
 
 /// The provider's error fields (RFC 6749 §5.2, plus Google's `error_subtype`).
@@ -153,6 +156,7 @@ struct SuccessBody {
     expires_in: Option<serde_json::Value>,
     scope: Option<String>,
     refresh_token: Option<String>,
+    refresh_token_expires_in: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -257,7 +261,27 @@ fn parse_success(body: &[u8]) -> Result<Token, &'static str> {
             .refresh_token
             .filter(|t| !t.is_empty())
             .map(SecretString::from),
+        // Informational: a malformed value is ignored, not a failure.
+        refresh_token_expires_in: parsed
+            .refresh_token_expires_in
+            .as_ref()
+            .and_then(parse_expires_in),
     })
+}
+
+/// Classifies the answer of a revocation endpoint (RFC 7009 §2.2): 200 is
+/// success, and so is `invalid_token` (the token was already invalid, which
+/// is what revocation wants); anything else is a failure, classified as a
+/// token endpoint's would be.
+pub fn classify_revocation(answer: &Answer<'_>, now: Timestamp) -> Result<(), Failure> {
+    if answer.status == 200 && !answer.truncated {
+        return Ok(());
+    }
+    match classify(answer, now) {
+        Err(failure) if failure.provider.error.as_deref() == Some("invalid_token") => Ok(()),
+        Err(failure) => Err(failure),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Access tokens longer than this are refused (Google's are at most 2 KiB,
@@ -462,6 +486,47 @@ mod tests {
         assert_eq!(token.refresh_token.unwrap().expose_secret(), "r2");
         assert_eq!(token.expires_in, Duration::from_secs(60));
         assert_eq!(token.token_type, "Bearer");
+    }
+
+    #[test]
+    fn a_time_limited_grant_says_when_its_refresh_token_expires() {
+        let token = answer(
+            200,
+            r#"{"access_token":"a","expires_in":3599,"refresh_token_expires_in":604799}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            token.refresh_token_expires_in,
+            Some(Duration::from_secs(604_799))
+        );
+        let odd = answer(
+            200,
+            r#"{"access_token":"a","refresh_token_expires_in":"soon"}"#,
+        )
+        .unwrap();
+        assert_eq!(odd.refresh_token_expires_in, None, "ignored, not a failure");
+    }
+
+    #[test]
+    fn a_revocation_succeeds_on_200_and_on_an_already_invalid_token() {
+        let revocation = |status: u16, body: &str| {
+            classify_revocation(
+                &Answer {
+                    status,
+                    retry_after: None,
+                    body: body.as_bytes(),
+                    truncated: false,
+                    sent_secrets: &[],
+                },
+                now(),
+            )
+        };
+        assert!(revocation(200, "").is_ok());
+        assert!(revocation(400, r#"{"error":"invalid_token"}"#).is_ok());
+        let failure = revocation(503, "").unwrap_err();
+        assert_eq!(failure.category, FailureCategory::Transient);
+        let failure = revocation(401, r#"{"error":"invalid_client"}"#).unwrap_err();
+        assert_eq!(failure.reason, "InvalidClient");
     }
 
     #[test]
@@ -690,6 +755,7 @@ mod tests {
             expires_in: Duration::from_secs(3600),
             scope,
             refresh_token: None,
+            refresh_token_expires_in: None,
         };
         let types = ["Bearer".to_string()];
         let ok = check_content(

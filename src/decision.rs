@@ -12,6 +12,15 @@ pub enum OutputSecret {
     Absent,
     /// Exists, with a controller owner reference to this credential.
     Owned,
+    /// Ours, but its data is not what the operator wrote: someone edited it.
+    Altered,
+    /// Left by a deleted credential of the same name (`deletionPolicy:
+    /// Orphan`), holding a token obtained at `refreshed_at`, valid until
+    /// `expires_at`: this credential adopts it.
+    Orphaned {
+        expires_at: Timestamp,
+        refreshed_at: Timestamp,
+    },
     /// Exists and belongs to someone else: never touched.
     Foreign,
 }
@@ -24,6 +33,10 @@ pub struct View<'a> {
     /// Value of the force-refresh annotation, if present.
     pub force_refresh: Option<&'a str>,
     pub output: OutputSecret,
+    /// This process still holds the valid token it last wrote to the output
+    /// Secret, for this generation: a missing or altered Secret can be
+    /// written again without a call.
+    pub restorable: bool,
 }
 
 /// Why the provider is called now.
@@ -37,11 +50,17 @@ pub enum RefreshReason {
     NoToken,
     /// The output Secret is gone and must be written again.
     OutputSecretMissing,
+    /// The output Secret's data was changed by someone else, and the token
+    /// it held is not in this process's memory (it restarted since).
+    OutputAltered,
     /// The scheduled refresh time (or the end of a backoff) has come.
     Due,
     /// A failure waited for new inputs, and the refresh-token Secret, the
     /// client Secret or the spec changed.
     InputsChanged,
+    /// An adopted output Secret's token is due, or was not made for this
+    /// credential's spec.
+    Adopted,
 }
 
 impl RefreshReason {
@@ -51,8 +70,10 @@ impl RefreshReason {
             RefreshReason::SpecChanged => "spec-changed",
             RefreshReason::NoToken => "no-token",
             RefreshReason::OutputSecretMissing => "output-secret-missing",
+            RefreshReason::OutputAltered => "output-altered",
             RefreshReason::Due => "due",
             RefreshReason::InputsChanged => "inputs-changed",
+            RefreshReason::Adopted => "adopted",
         }
     }
 }
@@ -62,6 +83,15 @@ impl RefreshReason {
 pub enum Plan {
     /// The output name belongs to a Secret we do not own.
     Conflict,
+    /// The output Secret was left by a deleted credential of this name:
+    /// adopt it, and use its token while it is valid.
+    Adopt {
+        expires_at: Timestamp,
+        refreshed_at: Timestamp,
+    },
+    /// The output Secret was deleted or altered: write the token this process
+    /// last wrote there again, without a call.
+    Restore,
     /// Call the token endpoint now.
     Refresh(RefreshReason),
     /// A failure that a person or a configuration change must fix holds.
@@ -87,8 +117,19 @@ pub fn pending_force<'a>(
 
 /// Decides what to do at `now`.
 pub fn decide(view: &View<'_>, now: Timestamp) -> Plan {
-    if view.output == OutputSecret::Foreign {
-        return Plan::Conflict;
+    match view.output {
+        OutputSecret::Foreign => return Plan::Conflict,
+        OutputSecret::Orphaned {
+            expires_at,
+            refreshed_at,
+        } => {
+            return Plan::Adopt {
+                expires_at,
+                refreshed_at,
+            };
+        }
+        OutputSecret::Absent | OutputSecret::Altered if view.restorable => return Plan::Restore,
+        _ => {}
     }
     let Some(status) = view.status else {
         return Plan::Refresh(RefreshReason::SpecChanged);
@@ -128,8 +169,10 @@ pub fn decide(view: &View<'_>, now: Timestamp) -> Plan {
             }
         }
     }
-    if view.output == OutputSecret::Absent {
-        return Plan::Refresh(RefreshReason::OutputSecretMissing);
+    match view.output {
+        OutputSecret::Absent => return Plan::Refresh(RefreshReason::OutputSecretMissing),
+        OutputSecret::Altered => return Plan::Refresh(RefreshReason::OutputAltered),
+        _ => {}
     }
     if status.expires_at.is_none() {
         return Plan::Refresh(RefreshReason::NoToken);
@@ -181,6 +224,7 @@ mod tests {
                 generation: 1,
                 client_secret_version: "5".into(),
                 refresh_token_secret_version: "7".into(),
+                key_ring: String::new(),
             },
         });
         status
@@ -192,7 +236,44 @@ mod tests {
             status,
             force_refresh: None,
             output: OutputSecret::Owned,
+            restorable: false,
         }
+    }
+
+    #[test]
+    fn a_deleted_or_altered_output_is_restored_from_memory_even_while_waiting_for_a_person() {
+        let status = failing(ready_status(), FailureCategory::ReauthRequired, None);
+        for output in [OutputSecret::Absent, OutputSecret::Altered] {
+            let mut v = view(Some(&status));
+            v.output = output;
+            v.restorable = true;
+            assert_eq!(decide(&v, ts("2026-11-21T19:45:00Z")), Plan::Restore);
+        }
+        let status = ready_status();
+        let mut v = view(Some(&status));
+        v.output = OutputSecret::Altered;
+        assert_eq!(
+            decide(&v, ts("2026-11-21T19:10:00Z")),
+            Plan::Refresh(RefreshReason::OutputAltered),
+            "without the token in memory (after a restart), a new one"
+        );
+    }
+
+    #[test]
+    fn an_orphan_is_adopted_whatever_the_status() {
+        let orphan = OutputSecret::Orphaned {
+            expires_at: ts("2026-11-21T20:00:00Z"),
+            refreshed_at: ts("2026-11-21T19:00:00Z"),
+        };
+        let mut v = view(None);
+        v.output = orphan;
+        assert_eq!(
+            decide(&v, ts("2026-11-21T19:10:00Z")),
+            Plan::Adopt {
+                expires_at: ts("2026-11-21T20:00:00Z"),
+                refreshed_at: ts("2026-11-21T19:00:00Z"),
+            }
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::resource::{ClientAuthentication, Provider};
 
 /// Google's token endpoint.
 pub const GOOGLE_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
+/// Google's revocation endpoint.
+pub const GOOGLE_REVOCATION_ENDPOINT: &str = "https://oauth2.googleapis.com/revoke";
 /// Google's authorization endpoint for installed apps.
 pub const GOOGLE_AUTHORIZATION_ENDPOINT: &str = "https://accounts.google.com/o/oauth2/v2/auth";
 
@@ -148,9 +150,13 @@ pub struct EndpointPolicy {
 impl EndpointPolicy {
     /// Whether the allowlist (Google included) lets `url` through.
     pub fn allows(&self, url: &Url) -> bool {
-        let google = [GOOGLE_TOKEN_ENDPOINT, GOOGLE_AUTHORIZATION_ENDPOINT]
-            .iter()
-            .any(|g| Url::parse(g).is_ok_and(|g| &g == url));
+        let google = [
+            GOOGLE_TOKEN_ENDPOINT,
+            GOOGLE_AUTHORIZATION_ENDPOINT,
+            GOOGLE_REVOCATION_ENDPOINT,
+        ]
+        .iter()
+        .any(|g| Url::parse(g).is_ok_and(|g| &g == url));
         google || self.allowed.iter().any(|entry| entry.allows(url))
     }
 
@@ -159,6 +165,27 @@ impl EndpointPolicy {
         let endpoint = TokenEndpoint::from_provider(provider, self.allow_insecure_loopback_http)?;
         self.check(endpoint.url(), "tokenEndpoint")?;
         Ok(endpoint)
+    }
+
+    /// The credential's revocation endpoint (RFC 7009), if both rules allow
+    /// it; the client authenticates to it as to the token endpoint.
+    pub fn revocation_endpoint(&self, provider: &Provider) -> Result<TokenEndpoint, EndpointError> {
+        const FIELD: &str = "revocationEndpoint";
+        let token = TokenEndpoint::from_provider(provider, self.allow_insecure_loopback_http)?;
+        let url = if provider.google.is_some() {
+            Url::parse(GOOGLE_REVOCATION_ENDPOINT).expect("constant URL")
+        } else {
+            let raw = provider
+                .revocation_endpoint
+                .as_deref()
+                .ok_or(EndpointError::Missing { field: FIELD })?;
+            checked_endpoint(raw, FIELD, self.allow_insecure_loopback_http)?
+        };
+        self.check(&url, FIELD)?;
+        Ok(TokenEndpoint {
+            url,
+            authentication: token.authentication,
+        })
     }
 
     /// The credential's authorization endpoint, if both rules allow it.

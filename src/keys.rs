@@ -132,7 +132,7 @@ async fn create_secret(
     name: &str,
     now: Timestamp,
 ) -> Result<KeyRing, KeysError> {
-    let id = format!("k{}", now.strftime("%Y%m%d%H%M%S"));
+    let id = crate::seal::new_key_id(now);
     let ring = KeyRing::generate(&id);
     let secret = Secret {
         metadata: ObjectMeta {

@@ -33,6 +33,7 @@ use tracing::debug;
 
 use crate::admin::Health;
 use crate::clock::SharedClock;
+use crate::shards::{Holds, shard_of};
 
 /// The default clock skew between replicas the fence tolerates: the least
 /// time a leader keeps between the end of its last possible call and its
@@ -113,6 +114,13 @@ enum FenceMode {
         budget: Duration,
         margin: Duration,
     },
+    /// Sharding: one Lease per shard, each held until a monotonic time.
+    Shards {
+        shards: u32,
+        holds: Holds,
+        budget: Duration,
+        margin: Duration,
+    },
 }
 
 impl std::fmt::Debug for Fence {
@@ -124,6 +132,11 @@ impl std::fmt::Debug for Fence {
             } => f
                 .debug_struct("Fence::Lease")
                 .field("identity", identity)
+                .field("budget", budget)
+                .finish(),
+            FenceMode::Shards { shards, budget, .. } => f
+                .debug_struct("Fence::Shards")
+                .field("shards", shards)
                 .field("budget", budget)
                 .finish(),
         }
@@ -189,10 +202,41 @@ impl Fence {
         (fence, watch)
     }
 
-    /// Whether a token-endpoint call may start at `now` (monotonic).
+    /// A fence over shard Leases: a call for a credential may start while
+    /// this replica holds its shard for longer than `budget` plus `margin`.
+    pub fn sharded(shards: u32, holds: Holds, budget: Duration, margin: Duration) -> Self {
+        Fence {
+            mode: FenceMode::Shards {
+                shards,
+                holds,
+                budget,
+                margin,
+            },
+        }
+    }
+
+    /// Whether a token-endpoint call for the credential `namespace/name` may
+    /// start at `now` (monotonic).
+    pub fn allows_for(&self, namespace: &str, name: &str, now: Instant) -> bool {
+        match &self.mode {
+            FenceMode::Shards {
+                shards,
+                holds,
+                budget,
+                margin,
+            } => holds
+                .until(shard_of(namespace, name, *shards))
+                .is_some_and(|until| now + *budget + *margin < until),
+            _ => self.allows(now),
+        }
+    }
+
+    /// Whether a token-endpoint call may start at `now` (monotonic). With
+    /// sharding, never: ask `allows_for` with the credential.
     pub fn allows(&self, now: Instant) -> bool {
         match &self.mode {
             FenceMode::Open => true,
+            FenceMode::Shards { .. } => false,
             FenceMode::Lease {
                 identity,
                 view,
@@ -343,5 +387,29 @@ mod tests {
     #[test]
     fn an_open_fence_always_allows() {
         assert!(Fence::open().allows(Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn a_sharded_fence_allows_only_credentials_of_held_shards_while_the_hold_outlives_the_call() {
+        let holds = Holds::default();
+        let fence = Fence::sharded(4, holds.clone(), Duration::from_secs(11), SKEW_MARGIN);
+        let now = Instant::now();
+        let (ns, name) = ("team-a", "gmail");
+        let shard = shard_of(ns, name, 4);
+        assert!(!fence.allows_for(ns, name, now), "not held");
+        holds.set_for_tests(shard, now + Duration::from_secs(30));
+        assert!(fence.allows_for(ns, name, now + Duration::from_millis(13_900)));
+        assert!(!fence.allows_for(ns, name, now + Duration::from_secs(14)));
+        let other = (0..100)
+            .map(|i| format!("c{i}"))
+            .find(|n| shard_of(ns, n, 4) != shard)
+            .unwrap();
+        assert!(!fence.allows_for(ns, &other, now), "another shard");
+        assert!(!fence.allows(now), "no credential, no call");
     }
 }

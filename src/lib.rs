@@ -17,14 +17,17 @@
 //!   `summary`: what the `status` command prints; `clock`: the injected clock.
 //!
 //! The I/O shell:
-//! - `reconcile`: watches, caches and the staged reconcile loop.
+//! - `reconcile`: watches, caches and the staged reconcile loop, output
+//!   drift and adoption, and the deletion finalizer.
 //! - `token_client`: the HTTP call to the token endpoint.
 //! - `refresh_token_store`: guarded writes of a refresh-token Secret.
 //! - `references`: which credentials name a given Secret.
-//! - `keys`: the seal key ring's source; `leader`: the Lease fence.
+//! - `keys`: the seal key ring's source; `leader`: the Lease fence;
+//!   `shards`: shard Leases, when several replicas share the work.
 //! - `metrics`, `admin`: metrics and health; `supervisor`: long-lived tasks.
 //! - `runtime`: the composition root of `run`.
 //! - `authorize`: the `authorize` command; `opt_in`: the `opt-in` command;
+//!   `force_refresh`: the `refresh` command (and authorize's wait);
 //!   `cli`: subcommands and flags;
 //!   `api_error`: API errors for people; `tls`: the rustls provider.
 #![forbid(unsafe_code)]
@@ -40,8 +43,10 @@ pub mod clock;
 pub mod consent;
 pub mod decision;
 pub mod endpoint;
+pub mod force_refresh;
 pub mod input_secrets;
 pub mod keys;
+pub mod keys_command;
 pub mod leader;
 pub mod metrics;
 pub mod opt_in;
@@ -53,6 +58,7 @@ pub mod resource;
 pub mod runtime;
 pub mod schedule;
 pub mod seal;
+pub mod shards;
 pub mod status;
 pub mod summary;
 pub mod supervisor;

@@ -2,17 +2,15 @@
 //! to the library. See `cli` for the subcommands and flags.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     oauth_token_operator::tls::install_crypto_provider();
-    let cli = oauth_token_operator::cli::Cli::parse();
+    let cli = oauth_token_operator::cli::parse();
     match oauth_token_operator::cli::execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(error.exit_code())
         }
     }
 }

@@ -11,9 +11,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::resource::{OAuthCredential, READY, REAUTH_REQUIRED};
+
+mod process;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -49,6 +52,46 @@ pub struct Metrics {
     rate_limit_deferrals: Counter,
     scheduled: Gauge<i64, AtomicI64>,
     tracked: Family<MapLabels, Gauge>,
+    lifecycle: Lifecycle,
+}
+
+/// The metrics of output Secrets and grants over their lifetime.
+struct Lifecycle {
+    output_restores: Counter,
+    shards_held: Gauge<i64, AtomicI64>,
+    revocations: Family<OutcomeLabels, Counter>,
+    refresh_token_earliest_expiry: Gauge<f64, AtomicU64>,
+}
+
+impl Lifecycle {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            output_restores: register(
+                registry,
+                "output_restores",
+                "Output Secrets written again, without a token call, after someone deleted them or changed their data",
+                Counter::default(),
+            ),
+            revocations: register(
+                registry,
+                "revocations",
+                "Refresh-token revocations at credential deletion (revokeOnDelete), by outcome: revoked, or failed (the credential went without one)",
+                Family::<OutcomeLabels, Counter>::default(),
+            ),
+            shards_held: register(
+                registry,
+                "shards_held",
+                "Shards whose credentials this replica serves (with --shards; 0 on a standby)",
+                Gauge::<i64, AtomicI64>::default(),
+            ),
+            refresh_token_earliest_expiry: register(
+                registry,
+                "refresh_token_earliest_expiry_timestamp_seconds",
+                "Unix time at which the first refresh token with a known expiry (time-limited grants) expires, among all credentials (0 when none)",
+                Gauge::<f64, AtomicU64>::default(),
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,59 +119,72 @@ fn register<M: prometheus_client::registry::Metric + Clone>(
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("oauth_token_operator");
+        // The process metrics keep their standard, unprefixed names.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("oauth_token_operator");
+        registry.register(
+            "build",
+            "The operator's version and the git commit it was built from (always 1)",
+            Info::new([
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", crate::cli::GIT_COMMIT),
+            ]),
+        );
         let (refresh_attempts, refresh_duration, reconcile_errors) =
-            Self::register_refreshes(&mut registry);
+            Self::register_refreshes(registry);
         let credentials = register(
-            &mut registry,
+            registry,
             "credentials",
             "OAuthCredentials by the status of their Ready and ReauthRequired conditions",
             Family::<ConditionLabels, Gauge>::default(),
         );
         let earliest_expiry = register(
-            &mut registry,
+            registry,
             "earliest_expiry_timestamp_seconds",
             "Unix time at which the first access token among all credentials expires (0 when none)",
             Gauge::<f64, AtomicU64>::default(),
         );
         let next_refresh = register(
-            &mut registry,
+            registry,
             "next_refresh_timestamp_seconds",
             "Unix time of the next scheduled token-endpoint call among all credentials (0 when none)",
             Gauge::<f64, AtomicU64>::default(),
         );
         let leader = register(
-            &mut registry,
+            registry,
             "leader",
             "1 while this replica runs the controller, else 0",
             Gauge::<i64, AtomicI64>::default(),
         );
         let rate_limit_waits = register(
-            &mut registry,
+            registry,
             "rate_limit_waits",
             "Token-endpoint calls that waited for the per-endpoint rate limit",
             Counter::default(),
         );
         let rate_limit_deferrals = register(
-            &mut registry,
+            registry,
             "rate_limit_deferrals",
             "Refreshes put back because credentials whose tokens expire sooner were waiting for the same endpoint's rate limit",
             Counter::default(),
         );
         let scheduled = register(
-            &mut registry,
+            registry,
             "credentials_scheduled",
             "Credentials this replica has reconciled since it started, so whose next action it has scheduled; equals the number of credentials once the start-up pass is done",
             Gauge::<i64, AtomicI64>::default(),
         );
         let tracked = register(
-            &mut registry,
+            registry,
             "tracked_entries",
             "Entries the operator keeps in memory, by map; they shrink as credentials, Secrets and endpoints go",
             Family::<MapLabels, Gauge>::default(),
         );
+        let lifecycle = Lifecycle::register(registry);
         Self {
-            registry,
+            registry: root,
+            lifecycle,
             refresh_attempts,
             refresh_duration,
             reconcile_errors,
@@ -141,6 +197,25 @@ impl Metrics {
             scheduled,
             tracked,
         }
+    }
+
+    pub fn set_shards_held(&self, shards: usize) {
+        self.lifecycle
+            .shards_held
+            .set(i64::try_from(shards).unwrap_or(i64::MAX));
+    }
+
+    /// An output Secret written again without a token call.
+    pub fn output_restored(&self) {
+        self.lifecycle.output_restores.inc();
+    }
+
+    /// A revocation at deletion: `revoked` or `failed`.
+    pub fn revocation(&self, outcome: &'static str) {
+        self.lifecycle
+            .revocations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// The metrics of calls and reconciles.
@@ -216,6 +291,7 @@ impl Metrics {
         let mut counts = [[0i64; 3]; 3];
         let mut earliest: Option<Timestamp> = None;
         let mut next: Option<Timestamp> = None;
+        let mut refresh_token_expiry: Option<Timestamp> = None;
         let state = |value: Option<&str>| match value {
             Some("True") => 0,
             Some("False") => 1,
@@ -240,6 +316,12 @@ impl Metrics {
             if let Some(at) = status.and_then(|s| s.refresh_at.as_ref()) {
                 next = Some(next.map_or(at.0, |n| n.min(at.0)));
             }
+            let grant_expiry = status
+                .and_then(|s| s.refresh_token.as_ref())
+                .and_then(|r| r.expires_at.as_ref());
+            if let Some(at) = grant_expiry {
+                refresh_token_expiry = Some(refresh_token_expiry.map_or(at.0, |e| e.min(at.0)));
+            }
         }
         for (r, ready) in STATES.iter().enumerate() {
             for (a, reauth_required) in STATES.iter().enumerate() {
@@ -255,6 +337,9 @@ impl Metrics {
             .set(earliest.map_or(0.0, |t| t.as_second() as f64));
         self.next_refresh
             .set(next.map_or(0.0, |t| t.as_second() as f64));
+        self.lifecycle
+            .refresh_token_earliest_expiry
+            .set(refresh_token_expiry.map_or(0.0, |t| t.as_second() as f64));
     }
 
     /// The Prometheus text exposition.
@@ -269,6 +354,29 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_info_and_the_standard_process_metrics_are_exported() {
+        let text = Metrics::new().encode();
+        let build = format!(
+            "oauth_token_operator_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::cli::GIT_COMMIT
+        );
+        assert!(text.contains(&build), "{text}");
+        for name in [
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(!text.contains("oauth_token_operator_process"), "unprefixed");
+    }
 
     #[test]
     fn outcomes_and_conditions_are_counted_with_bounded_labels() {

@@ -440,8 +440,10 @@ mod tests {
                 scopes: vec!["s".into()],
                 output: Output {
                     secret_name: output.into(),
+                    ..Default::default()
                 },
                 refresh_before: None,
+                revoke_on_delete: false,
             },
         );
         c.metadata.namespace = Some("ns".into());

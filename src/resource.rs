@@ -5,6 +5,8 @@
 //! can name another namespace. Schema rules and CEL rules reject invalid input
 //! at admission with messages meant for people.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -20,6 +22,18 @@ pub const FORCE_REFRESH_ANNOTATION: &str = "oauth.tokenoperator.io/refresh-reque
 
 /// Label put on every output Secret, naming the credential that owns it.
 pub const CREDENTIAL_LABEL: &str = "oauth.tokenoperator.io/credential";
+
+/// Finalizer the operator puts on a credential whose deletion has work to
+/// do first: orphaning its output Secret (`output.deletionPolicy: Orphan`)
+/// or revoking its refresh token (`revokeOnDelete`). Only such credentials
+/// carry it.
+pub const FINALIZER: &str = "oauth.tokenoperator.io/cleanup";
+
+/// Annotation on a refresh-token Secret: when the refresh token itself
+/// expires (RFC 3339), as the provider said at consent (`authorize` writes
+/// it for Google's time-limited grants).
+pub const REFRESH_TOKEN_EXPIRES_AT_ANNOTATION: &str =
+    "oauth.tokenoperator.io/refresh-token-expires-at";
 
 /// Condition types.
 pub const READY: &str = "Ready";
@@ -39,6 +53,8 @@ pub const REAUTH_REQUIRED: &str = "ReauthRequired";
     plural = "oauthcredentials",
     singular = "oauthcredential",
     shortname = "oauthcred",
+    // `kubectl get oauth-token-operator` lists every kind of this operator.
+    category = "oauth-token-operator",
     namespaced,
     status = "OAuthCredentialStatus",
     derive = "PartialEq",
@@ -92,6 +108,10 @@ pub const REAUTH_REQUIRED: &str = "ReauthRequired";
     {
         "rule": "self.output.secretName != self.refreshTokenSecretRef.name && self.output.secretName != self.clientSecretRef.name",
         "message": "output.secretName must differ from the refresh-token and client Secrets: the operator owns and rewrites the output Secret"
+    },
+    {
+        "rule": "!has(self.revokeOnDelete) || !self.revokeOnDelete || has(self.provider.google) || has(self.provider.revocationEndpoint)",
+        "message": "revokeOnDelete needs provider.revocationEndpoint with a generic provider (Google's is built in)"
     }
 ]))]
 pub struct OAuthCredentialSpec {
@@ -124,6 +144,15 @@ pub struct OAuthCredentialSpec {
         length(min = 2, max = 16)
     )]
     pub refresh_before: Option<String>,
+
+    /// Revoke the refresh token at the provider's revocation endpoint
+    /// (RFC 7009) when the credential is deleted. Off by default. Google
+    /// revokes the whole grant: every token of that user's consent to that
+    /// OAuth client, in every credential and on every machine. A failed
+    /// revocation is retried a few times, then the credential goes anyway
+    /// (with an event).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoke_on_delete: bool,
 }
 
 /// The token endpoint and how to authenticate the client to it.
@@ -135,8 +164,8 @@ pub struct OAuthCredentialSpec {
         "message": "set exactly one of provider.google or provider.tokenEndpoint"
     },
     {
-        "rule": "!has(self.google) || (!has(self.clientAuthentication) && !has(self.authorizationEndpoint))",
-        "message": "provider.clientAuthentication and provider.authorizationEndpoint apply only to a generic provider (tokenEndpoint), not to google"
+        "rule": "!has(self.google) || (!has(self.clientAuthentication) && !has(self.authorizationEndpoint) && !has(self.revocationEndpoint))",
+        "message": "provider.clientAuthentication, provider.authorizationEndpoint and provider.revocationEndpoint apply only to a generic provider (tokenEndpoint), not to google"
     }
 ]))]
 pub struct Provider {
@@ -169,6 +198,19 @@ pub struct Provider {
         }
     ]))]
     pub authorization_endpoint: Option<String>,
+
+    /// The revocation endpoint (RFC 7009) of a generic provider, used only
+    /// with `revokeOnDelete`; same transport and allowlist rules as
+    /// `tokenEndpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",
+            "message": "revocationEndpoint must be an absolute https URL"
+        }
+    ]))]
+    pub revocation_endpoint: Option<String>,
 
     /// How the client authenticates to a generic token endpoint:
     /// `client_secret_basic` (HTTP Basic, the default every RFC 6749 server
@@ -229,19 +271,166 @@ pub struct RefreshTokenSecretRef {
 }
 
 /// The Secret the operator creates, owns and keeps current.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(self.type == 'kubernetes.io/dockerconfigjson') == (has(self.registries) && size(self.registries) > 0)",
+        "message": "output.registries is required with type kubernetes.io/dockerconfigjson, and only then"
+    },
+    {
+        "rule": "self.type == 'Opaque' || (!has(self.keys) && !has(self.template))",
+        "message": "output.keys and output.template apply only to type Opaque"
+    },
+    {
+        "rule": "self.type == oldSelf.type || self.secretName != oldSelf.secretName",
+        "message": "output.type cannot change for the same secretName: Kubernetes fixes a Secret's type when it is created; change secretName with it"
+    },
+    {
+        "rule": "!has(self.keys) || !has(self.template)",
+        "message": "set output.keys or output.template, not both: a template names its own keys"
+    },
+    {
+        "rule": "!has(self.labels) || self.labels.all(k, k != 'app.kubernetes.io/managed-by' && !k.startsWith('oauth.tokenoperator.io/'))",
+        "message": "output.labels may not set app.kubernetes.io/managed-by or oauth.tokenoperator.io/ labels: the operator sets them"
+    },
+    {
+        "rule": "!has(self.annotations) || self.annotations.all(k, !k.startsWith('oauth.tokenoperator.io/'))",
+        "message": "output.annotations may not set oauth.tokenoperator.io/ annotations: the operator sets them"
+    }
+]))]
 pub struct Output {
-    /// Name of the Secret to write, in the same namespace. It gets the keys
-    /// `access_token`, `token_type`, `expiry` (RFC 3339) and `scope`. A Secret
-    /// of this name that the operator does not own is never overwritten.
-    /// Mount it as a volume: `subPath` mounts and environment variables never
-    /// see a refreshed token.
+    /// Name of the Secret to write, in the same namespace. By default it gets
+    /// the keys `access_token`, `token_type`, `expiry` (RFC 3339) and
+    /// `scope`. A Secret of this name that the operator does not own is never
+    /// overwritten. Mount it as a volume: `subPath` mounts and environment
+    /// variables never see a refreshed token.
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub secret_name: String,
+
+    /// The Secret's type: `Opaque` (the default; keys per `keys` or
+    /// `template`), or `kubernetes.io/dockerconfigjson`, whose
+    /// `.dockerconfigjson` lets image pulls from `registries` use the access
+    /// token as the password of `oauth2accesstoken` (as Google's Artifact
+    /// Registry expects).
+    #[serde(default, rename = "type")]
+    pub type_: OutputType,
+
+    /// With `kubernetes.io/dockerconfigjson`: the registries the token is
+    /// for, e.g. `europe-docker.pkg.dev`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-zA-Z0-9.-]+(:[0-9]+)?(/[-a-zA-Z0-9._/]*)?$")
+        )
+    )]
+    pub registries: Vec<String>,
+
+    /// Other names for the standard keys of an `Opaque` output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<OutputKeys>,
+
+    /// Instead of the standard keys: the Secret's keys, each rendered from a
+    /// small Jinja template with the variables `access_token`, `token_type`,
+    /// `expiry` (RFC 3339) and `scope`. The template language can read
+    /// nothing else: no file, no environment, no other Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<OutputTemplate>,
+
+    /// Labels to put on the output Secret (for admission policies,
+    /// backups, selection), besides the operator's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations to put on the output Secret, besides the operator's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub annotations: BTreeMap<String, String>,
+
+    /// What happens to the output Secret when the credential is deleted:
+    /// `Delete` (the default: it is garbage-collected with the credential)
+    /// or `Orphan` (it stays, labelled `oauth.tokenoperator.io/orphaned`,
+    /// until it expires or a new credential of the same name adopts it).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The type of the output Secret.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OutputType {
+    #[default]
+    Opaque,
+    #[serde(rename = "kubernetes.io/dockerconfigjson")]
+    DockerConfigJson,
+}
+
+/// Names of the standard keys of an `Opaque` output.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputKeys {
+    /// Key of the access token. Default: `access_token`.
+    #[serde(default = "default_access_token_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub access_token: String,
+    /// Key of the token type. Default: `token_type`.
+    #[serde(default = "default_token_type_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub token_type: String,
+    /// Key of the expiry (RFC 3339). Default: `expiry`.
+    #[serde(default = "default_expiry_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub expiry: String,
+    /// Key of the granted scopes. Default: `scope`.
+    #[serde(default = "default_scope_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub scope: String,
+}
+
+/// Templated keys of an `Opaque` output.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputTemplate {
+    /// Key → template, e.g. `token.env: "ACCESS_TOKEN={{ access_token }}"`
+    /// or `token.json: '{"token": {{ access_token | tojson }}}'`.
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && size(k) <= 253)",
+            "message": "output.template.data keys must be Secret keys: letters, digits, '-', '_', '.'"
+        },
+        {
+            "rule": "self.all(k, size(self[k]) <= 4096)",
+            "message": "each output.template.data template may be at most 4096 characters"
+        }
+    ]))]
+    pub data: BTreeMap<String, String>,
+}
+
+/// What happens to the output Secret when its credential is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Orphan,
+}
+
+fn default_access_token_key() -> String {
+    "access_token".into()
+}
+fn default_token_type_key() -> String {
+    "token_type".into()
+}
+fn default_expiry_key() -> String {
+    "expiry".into()
+}
+fn default_scope_key() -> String {
+    "scope".into()
 }
 
 fn default_client_id_key() -> String {
@@ -304,6 +493,25 @@ pub struct OAuthCredentialStatus {
     /// The stored refresh token as the operator last saw or wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<RefreshTokenState>,
+
+    /// While a credential with `revokeOnDelete` is being deleted: the
+    /// revocation attempts that failed so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
+}
+
+/// Revocation at deletion, while it is being retried.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    /// Attempts that failed; after the last allowed one the credential is
+    /// deleted anyway, with a `RevocationFailed` event.
+    #[schemars(extend("format" = "int32", "minimum" = 0))]
+    pub failed_attempts: u32,
+    /// Why the last attempt failed, for a person.
+    pub message: String,
+    /// When the next attempt is made.
+    pub retry_at: Time,
 }
 
 /// What the operator knows of the refresh-token Secret, never its value.
@@ -317,6 +525,11 @@ pub struct RefreshTokenState {
     /// key rotation, the ids still listed here are the keys still in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_with: Option<String>,
+    /// When the refresh token itself expires, when the provider said so
+    /// (Google's time-limited grants: `refresh_token_expires_in`). The
+    /// credential warns (`RefreshTokenExpiring`) a while before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
     /// Format of the sealed value: `v2` binds it to the credential, its token
     /// endpoint and its client id; values the operator finds in the older
     /// `v1` format (bound to the credential only) are re-sealed as `v2`.
@@ -386,6 +599,11 @@ pub struct Inputs {
     pub client_secret_version: String,
     /// `resourceVersion` of the refresh-token Secret.
     pub refresh_token_secret_version: String,
+    /// The seal key ring's key ids, recorded only with a
+    /// `SealedTokenUnreadable` failure: a key restored to the ring (`keys
+    /// import`) may open the value, so a change of the ring retries it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_ring: String,
 }
 
 /// A condition with `metav1.Condition` semantics.

@@ -5,6 +5,7 @@
 //! before it was asked to stop), the process says which and exits non-zero,
 //! so that Kubernetes restarts it rather than letting it run on degraded.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -26,10 +27,11 @@ use crate::endpoint::{AllowedEndpoint, EndpointPolicy};
 use crate::keys::{self, KeySource, Keys, KeysError};
 use crate::leader::{Fence, LeaseRef};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, ControllerConfig, FIELD_MANAGER};
+use crate::reconcile::{self, ControllerConfig, FIELD_MANAGER, ShardScope};
 use crate::schedule::parse_duration;
+use crate::shards::ShardLeases;
 use crate::supervisor::{Ended, Ending, Supervisor};
-use crate::token_client::TokenClientConfig;
+use crate::token_client::{ExtraRoots, ExtraRootsError, TokenClientConfig};
 
 /// The flags of `run`. Every flag can also be set through the environment
 /// variable named in its help.
@@ -69,6 +71,12 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_TOKEN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub token_request_timeout: Duration,
 
+    /// A PEM file of CA certificates to trust for token endpoints, besides
+    /// the system's (a provider behind a private CA, a TLS-inspecting proxy).
+    /// Read once at start.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_EXTRA_CA_FILE", value_name = "PATH")]
+    pub extra_ca_file: Option<std::path::PathBuf>,
+
     /// Log format: `plain` for people, `json` for log pipelines. The level is
     /// set with `RUST_LOG` (default `info`).
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
@@ -97,13 +105,21 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_LEADER_ELECTION")]
     pub leader_election: bool,
 
-    /// Name of the leader-election Lease.
+    /// Name of the leader-election Lease; with --shards, the prefix of the
+    /// shard and member Leases.
     #[arg(
         long,
         env = "OAUTH_TOKEN_OPERATOR_LEASE_NAME",
         default_value = "oauth-token-operator"
     )]
     pub lease_name: String,
+
+    /// Split the credentials into this many shards (a stable hash of
+    /// namespace/name), one Lease each, so that several replicas work at
+    /// once, each on its share of the shards. 1: one leader does all.
+    /// Needs --leader-election; every replica must use the same number.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: u32,
 
     /// How long a Lease holds without renewal; a standby takes over at most
     /// this long after the leader dies. Whole seconds.
@@ -150,6 +166,12 @@ pub struct RunArgs {
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_MIN_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub min_refresh_interval: Duration,
 
+    /// How long before a refresh token's own expiry (a time-limited grant,
+    /// `status.refreshToken.expiresAt`) the credential turns to the Ready
+    /// reason RefreshTokenExpiring, with a warning event.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_REFRESH_TOKEN_EXPIRY_WARNING", default_value = "168h", value_parser = parse_duration)]
+    pub refresh_token_expiry_warning: Duration,
+
     /// A `token_type` accepted in token-endpoint answers (compared without
     /// case; written to output Secrets as given here). Repeat the flag for
     /// more; answers with another type are refused (InvalidTokenResponse).
@@ -182,6 +204,12 @@ pub struct RunArgs {
     /// with 403 Forbidden) before `/readyz` reports the replica unready.
     #[arg(long, env = "OAUTH_TOKEN_OPERATOR_WATCH_FAILURE_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub watch_failure_grace: Duration,
+
+    /// How long the leader may go without finishing a reconcile while a
+    /// credential's refresh is due before `/livez` answers 503 (so the
+    /// kubelet restarts it); `0s` never fails.
+    #[arg(long, env = "OAUTH_TOKEN_OPERATOR_STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -196,6 +224,7 @@ pub mod task {
     pub const SEAL_KEY_RELOAD: &str = "seal-key reload";
     pub const LEASE_WATCH: &str = "lease watch";
     pub const CONTROLLER: &str = "controller";
+    pub const SHARD_LEASES: &str = "shard leases";
 }
 
 /// Why the operator could not start, or stopped before it was asked to.
@@ -207,6 +236,8 @@ pub enum RunError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Keys(#[from] KeysError),
+    #[error(transparent)]
+    ExtraRoots(#[from] ExtraRootsError),
     #[error(
         "need --token-request-timeout + 1s + --lease-skew-margin (at least 1s) <= --lease-renew-before < --lease-duration (got {request:?}, {margin:?}, {renew_before:?}, {duration:?})"
     )]
@@ -220,6 +251,8 @@ pub enum RunError {
     Lease(#[from] LeaseManagerError),
     #[error("the lease manager stopped")]
     LeaseManagerStopped,
+    #[error("--shards above 1 needs --leader-election: the shards are Leases")]
+    ShardsWithoutLeaderElection,
     #[error(transparent)]
     Controller(#[from] reconcile::Stopped),
     #[error("the {task} task ended ({why}); exiting so that the operator is restarted")]
@@ -249,8 +282,13 @@ pub async fn start(
     clock: SharedClock,
 ) -> Result<Running, RunError> {
     let lease_budget = lease_budget(args)?;
+    let extra_roots = extra_roots(args)?;
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(clock.clone(), args.watch_failure_grace));
+    let health = Arc::new(Health::new(
+        clock.clone(),
+        args.watch_failure_grace,
+        args.stall_timeout,
+    ));
     let admin = Admin::bind(args.admin_address)
         .await
         .map_err(RunError::Admin)?;
@@ -269,6 +307,7 @@ pub async fn start(
         seal_keys(args, &client, &clock, &operator_namespace, &mut tasks).await?;
 
     let mut config = controller_config(args, metrics, health, clock, &operator_namespace);
+    config.token_client.extra_roots = extra_roots;
     let (stop_tx, stop) = watch::channel(false);
     info!(
         concurrency = config.concurrency,
@@ -284,31 +323,14 @@ pub async fn start(
         keys_changed,
         stop,
     };
-    match lease_budget {
-        None => {
-            config.metrics.set_leader(true);
-            tasks.spawn(task::CONTROLLER, controller.run(config));
-        }
-        Some(budget) => {
-            let lease = Lease::from_args(args, operator_namespace);
-            let lease_ref = LeaseRef {
-                namespace: &lease.namespace,
-                name: &lease.name,
-                identity: &lease.identity,
-                margin: args.lease_skew_margin,
-            };
-            let (fence, watch) = Fence::watching(
-                controller.client.clone(),
-                lease_ref,
-                budget,
-                config.health.clone(),
-                config.clock.clone(),
-            );
-            config.fence = fence;
-            tasks.spawn(task::LEASE_WATCH, never_fails(watch));
-            tasks.spawn(task::CONTROLLER, controller.lead(config, lease));
-        }
-    }
+    spawn_controller(
+        args,
+        controller,
+        config,
+        lease_budget,
+        operator_namespace,
+        &mut tasks,
+    );
     Ok(Running {
         tasks,
         stop: stop_tx,
@@ -398,10 +420,72 @@ async fn seal_keys(
     Ok((keys, keys_changed))
 }
 
+/// Runs the controller as the flags say: alone, as the leader of one Lease,
+/// or on the shards this replica holds.
+fn spawn_controller(
+    args: &RunArgs,
+    controller: Controller,
+    mut config: ControllerConfig,
+    lease_budget: Option<Duration>,
+    operator_namespace: String,
+    tasks: &mut Supervisor,
+) {
+    let Some(budget) = lease_budget else {
+        config.metrics.set_leader(true);
+        tasks.spawn(task::CONTROLLER, controller.run(config));
+        return;
+    };
+    let lease = Lease::from_args(args, operator_namespace);
+    if args.shards > 1 {
+        let leases = ShardLeases::new(
+            controller.client.clone(),
+            &lease.namespace,
+            &lease.name,
+            &lease.identity,
+            args.shards,
+            (lease.duration, lease.renew_before, budget),
+            config.clock.clone(),
+        );
+        config.fence = Fence::sharded(
+            args.shards,
+            leases.holds.clone(),
+            budget,
+            args.lease_skew_margin,
+        );
+        let (held_tx, held) = watch::channel(BTreeSet::new());
+        let (done_tx, done) = watch::channel(false);
+        tasks.spawn(task::SHARD_LEASES, leases.run(held_tx, done));
+        tasks.spawn(
+            task::CONTROLLER,
+            controller.shard(config, args.shards, held, done_tx),
+        );
+        return;
+    }
+    let lease_ref = LeaseRef {
+        namespace: &lease.namespace,
+        name: &lease.name,
+        identity: &lease.identity,
+        margin: args.lease_skew_margin,
+    };
+    let (fence, watch) = Fence::watching(
+        controller.client.clone(),
+        lease_ref,
+        budget,
+        config.health.clone(),
+        config.clock.clone(),
+    );
+    config.fence = fence;
+    tasks.spawn(task::LEASE_WATCH, never_fails(watch));
+    tasks.spawn(task::CONTROLLER, controller.lead(config, lease));
+}
+
 /// The longest a token-endpoint call may take plus a second, when leader
 /// election is on (`None` when off); the Lease timings must leave room for it.
 fn lease_budget(args: &RunArgs) -> Result<Option<Duration>, RunError> {
     if !args.leader_election {
+        if args.shards > 1 {
+            return Err(RunError::ShardsWithoutLeaderElection);
+        }
         return Ok(None);
     }
     let budget = args.token_request_timeout + Duration::from_secs(1);
@@ -433,6 +517,8 @@ fn controller_config(
             connect_timeout: args.token_connect_timeout,
             request_timeout: args.token_request_timeout,
             allow_insecure_loopback_http: args.allow_insecure_loopback_http,
+            // Read by `start`, which may fail; this function only maps flags.
+            extra_roots: ExtraRoots::default(),
         },
         instance: args.instance.clone(),
         fence: Fence::open(),
@@ -458,7 +544,21 @@ fn controller_config(
         },
         token_types: args.token_types.clone(),
         min_refresh_interval: args.min_refresh_interval.max(Duration::from_secs(1)),
+        refresh_token_warning: args.refresh_token_expiry_warning,
+        shard_scope: None,
+        memory: Default::default(),
     }
+}
+
+/// The extra CA certificates of `--extra-ca-file`, read before anything
+/// starts so that a file that cannot be used stops the operator at once.
+fn extra_roots(args: &RunArgs) -> Result<ExtraRoots, RunError> {
+    let Some(path) = &args.extra_ca_file else {
+        return Ok(ExtraRoots::default());
+    };
+    let roots = ExtraRoots::from_pem_file(path)?;
+    info!(file = %path.display(), certificates = roots.len(), "extra CA certificates loaded");
+    Ok(roots)
 }
 
 /// A task that runs until the process ends: its ending at all is the failure.
@@ -567,6 +667,64 @@ impl Controller {
             became = leading.wait_for(|leader| *leader) => became.is_ok(),
             _ = stop.wait_for(|stop| *stop) => false,
         }
+    }
+
+    /// With sharding: the controller over the credentials of the shards
+    /// this replica holds, started again whenever that set changes (a new
+    /// set is a new list of credentials), idle while it holds none. Tells
+    /// the shard Leases to go (`done`) once its last refresh has ended.
+    async fn shard(
+        self,
+        config: ControllerConfig,
+        shards: u32,
+        mut held: watch::Receiver<BTreeSet<u32>>,
+        done: watch::Sender<bool>,
+    ) -> Result<(), RunError> {
+        config.health.set_ready(true);
+        let result = loop {
+            let current = held.borrow_and_update().clone();
+            config.metrics.set_shards_held(current.len());
+            config.metrics.set_leader(!current.is_empty());
+            let mut stop = self.stop.clone();
+            if current.is_empty() {
+                tokio::select! {
+                    changed = held.changed() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => break Err(RunError::LeaseManagerStopped),
+                    },
+                    _ = stop.wait_for(|s| *s) => break Ok(()),
+                }
+            }
+            info!(shards = ?current, "serving shards");
+            let mut scoped = config.clone();
+            scoped.shard_scope = Some(ShardScope {
+                shards,
+                held: current,
+            });
+            let mut changes = held.clone();
+            let until = async move {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            };
+            let run = reconcile::run(
+                self.client.clone(),
+                scoped,
+                self.keys.clone(),
+                self.keys_changed.clone(),
+                until,
+            );
+            if let Err(error) = run.await {
+                break Err(error.into());
+            }
+            if *self.stop.borrow() {
+                break Ok(());
+            }
+        };
+        config.metrics.set_leader(false);
+        let _ = done.send(true);
+        result
     }
 
     /// Runs the controller until leadership is lost or a stop is asked for.

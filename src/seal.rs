@@ -63,6 +63,21 @@ struct KeyRingFile {
     keys: BTreeMap<String, String>,
 }
 
+/// A new key's id: its creation time and a random suffix, so that two
+/// keys made in the same second (a lost ring re-created at once, two
+/// rotations) never share an id.
+pub fn new_key_id(now: k8s_openapi::jiff::Timestamp) -> String {
+    let mut suffix = [0u8; 2];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix)
+        .expect("the system's random source works");
+    format!(
+        "k{}-{:02x}{:02x}",
+        now.strftime("%Y%m%d%H%M%S"),
+        suffix[0],
+        suffix[1]
+    )
+}
+
 /// Named keys, one of them primary. Key bytes never print.
 pub struct KeyRing {
     primary: String,
@@ -91,6 +106,8 @@ pub enum KeyRingError {
     KeyLength(String),
     #[error("the primary key {0:?} is not in the key ring")]
     NoPrimary(String),
+    #[error("key id {0:?} already names other key bytes: a key id is never reused")]
+    Reused(String),
 }
 
 /// Why a sealed value did not open. Never contains the value.
@@ -221,6 +238,41 @@ impl KeyRing {
         SecretString::from(serde_yaml_ng::to_string(&file).expect("a key ring serialises"))
     }
 
+    /// This ring with `other`'s keys added and `other`'s primary as the
+    /// primary (a restore from a backup), and the ids added. A key id both
+    /// hold with different bytes is refused: an id names one key for ever.
+    pub fn merge(mut self, other: KeyRing) -> Result<(Self, Vec<String>), KeyRingError> {
+        let mut added = Vec::new();
+        for (id, key) in other.keys {
+            match self.keys.get(&id) {
+                Some(ours) if ours.expose_secret() != key.expose_secret() => {
+                    return Err(KeyRingError::Reused(id));
+                }
+                Some(_) => {}
+                None => {
+                    added.push(id.clone());
+                    self.keys.insert(id, key);
+                }
+            }
+        }
+        self.primary = other.primary;
+        Ok((self, added))
+    }
+
+    /// This ring with a new random key under `id`, made primary; the others
+    /// stay, so that values sealed under them still open.
+    pub fn rotate(mut self, id: &str) -> Result<Self, KeyRingError> {
+        if !valid_key_id(id) {
+            return Err(KeyRingError::KeyId(id.into()));
+        }
+        if self.keys.contains_key(id) {
+            return Err(KeyRingError::Reused(id.into()));
+        }
+        self.keys.extend(KeyRing::generate(id).keys);
+        self.primary = id.into();
+        Ok(self)
+    }
+
     pub fn primary(&self) -> &str {
         &self.primary
     }
@@ -345,6 +397,52 @@ fn associated_data_v1(key_id: &str, namespace: &str, name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_key_ids_are_valid_and_differ_within_a_second() {
+        let now = "2026-11-22T08:00:00Z".parse().unwrap();
+        let ids: std::collections::BTreeSet<String> = (0..20).map(|_| new_key_id(now)).collect();
+        assert!(ids.len() > 15, "{ids:?}");
+        assert!(
+            ids.iter()
+                .all(|id| valid_key_id(id) && id.starts_with("k20261122080000-"))
+        );
+    }
+
+    #[test]
+    fn a_restore_adds_keys_takes_the_primary_and_refuses_a_reused_id() {
+        let a = KeyRing::generate("a");
+        let backup = KeyRing::from_yaml(a.to_yaml().expose_secret()).unwrap();
+        let live = a.rotate("b").unwrap();
+        assert_eq!(live.primary(), "b");
+        assert_eq!(live.key_ids(), ["a", "b"]);
+        let binding = Binding {
+            namespace: "ns",
+            name: "n",
+            token_endpoint: "https://oauth2.googleapis.com/token",
+            client_id: "c",
+        };
+        let sealed_b = live.seal(&SecretString::from("rt"), &binding);
+        let (restored, added) = live.merge(backup).unwrap();
+        assert!(added.is_empty(), "{added:?}");
+        assert_eq!(restored.primary(), "a", "the backup's primary");
+        assert!(restored.open(&sealed_b, &binding).is_ok(), "b still opens");
+        let (merged, added) = KeyRing::generate("c").merge(restored).unwrap();
+        assert_eq!(added, ["a", "b"]);
+        assert_eq!(merged.primary(), "a");
+        assert_eq!(
+            merged.merge(KeyRing::generate("b")).err(),
+            Some(KeyRingError::Reused("b".into()))
+        );
+        assert_eq!(
+            KeyRing::generate("x").rotate("x").err(),
+            Some(KeyRingError::Reused("x".into()))
+        );
+        assert_eq!(
+            KeyRing::generate("x").rotate("bad id").err(),
+            Some(KeyRingError::KeyId("bad id".into()))
+        );
+    }
 
     fn ring(primary: &str, ids: &[&str]) -> KeyRing {
         let keys: Vec<String> = ids

@@ -37,6 +37,7 @@ pub mod reason {
     pub const OUTPUT_WRITE_FAILED: &str = "OutputWriteFailed";
     pub const ENDPOINT_PAUSED: &str = "EndpointPaused";
     pub const LIFETIME_BELOW_MINIMUM: &str = "LifetimeBelowMinimum";
+    pub const REFRESH_TOKEN_EXPIRING: &str = "RefreshTokenExpiring";
 }
 
 /// A refresh that succeeded.
@@ -275,6 +276,105 @@ fn set_reauth_after_failure(
     );
 }
 
+/// An orphaned output Secret adopted with the token it holds.
+pub struct Adoption<'a> {
+    pub now: Timestamp,
+    pub generation: i64,
+    pub refreshed_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub refresh_at: Timestamp,
+    pub output_secret: &'a str,
+}
+
+/// The status of a new credential that adopted an orphaned output Secret
+/// whose token is still good: `Ready`, with nothing yet known of the grant.
+pub fn after_adoption(
+    old: Option<&OAuthCredentialStatus>,
+    a: Adoption<'_>,
+) -> OAuthCredentialStatus {
+    let mut status = old.cloned().unwrap_or_default();
+    status.observed_generation = Some(a.generation);
+    status.expires_at = Some(Time(a.expires_at));
+    status.refresh_at = Some(Time(a.refresh_at));
+    status.last_refresh_time = Some(Time(a.refreshed_at));
+    status.failed_attempts = 0;
+    set_condition(
+        &mut status,
+        READY,
+        "True",
+        reason::TOKEN_VALID,
+        format!(
+            "Secret {} (adopted from a deleted credential of this name) holds an access token valid until {}",
+            a.output_secret, a.expires_at
+        ),
+        a.now,
+        a.generation,
+    );
+    if status.condition(REAUTH_REQUIRED).is_none() {
+        set_condition(
+            &mut status,
+            REAUTH_REQUIRED,
+            "Unknown",
+            reason::NOT_YET_REFRESHED,
+            "no refresh has succeeded yet".into(),
+            a.now,
+            a.generation,
+        );
+    }
+    status
+}
+
+/// When the refresh token's own expiry starts to be warned about: `warning`
+/// before it.
+fn refresh_token_warning_time(
+    status: &OAuthCredentialStatus,
+    warning: std::time::Duration,
+) -> Option<Timestamp> {
+    let expires = status.refresh_token.as_ref()?.expires_at.as_ref()?.0;
+    let warning = k8s_openapi::jiff::SignedDuration::try_from(warning).ok()?;
+    Some(expires.checked_sub(warning).unwrap_or(expires))
+}
+
+/// A credential whose refresh token itself expires within `warning` (a
+/// time-limited grant) stays `Ready`, with the reason
+/// `RefreshTokenExpiring` and a message that says until when and what to do.
+pub fn refresh_token_expiry(
+    status: &mut OAuthCredentialStatus,
+    now: Timestamp,
+    warning: std::time::Duration,
+) {
+    let Some(warn_at) = refresh_token_warning_time(status, warning) else {
+        return;
+    };
+    let Some(ready) = status.condition(READY).cloned() else {
+        return;
+    };
+    if now < warn_at || ready.status != "True" || ready.reason != reason::TOKEN_VALID {
+        return;
+    }
+    let expires = status
+        .refresh_token
+        .as_ref()
+        .and_then(|r| r.expires_at.as_ref())
+        .map(|t| t.0)
+        .expect("a warning time implies an expiry");
+    let message = format!(
+        "{}; but the refresh token itself expires at {expires} (a time-limited grant): grant consent \
+         again before then, for example with `oauth-token-operator authorize`",
+        ready.message
+    );
+    let generation = ready.observed_generation.unwrap_or(0);
+    set_condition(
+        status,
+        READY,
+        "True",
+        reason::REFRESH_TOKEN_EXPIRING,
+        message,
+        now,
+        generation,
+    );
+}
+
 /// The output name is taken by a Secret the operator does not own.
 pub fn after_conflict(
     old: Option<&OAuthCredentialStatus>,
@@ -335,13 +435,25 @@ pub fn at_time(
 }
 
 /// When the status itself changes next without any outside event: the
-/// `Ready` condition turns at expiry.
-pub fn next_status_change(status: &OAuthCredentialStatus, now: Timestamp) -> Option<Timestamp> {
-    status
+/// `Ready` condition turns at expiry, and its reason turns when the refresh
+/// token's own expiry comes within `warning`.
+pub fn next_status_change(
+    status: &OAuthCredentialStatus,
+    now: Timestamp,
+    warning: std::time::Duration,
+) -> Option<Timestamp> {
+    let expiry = status
         .expires_at
         .as_ref()
         .map(|t| t.0)
-        .filter(|at| *at > now && status.is_true(READY))
+        .filter(|at| *at > now && status.is_true(READY));
+    let warn = refresh_token_warning_time(status, warning).filter(|at| {
+        *at > now
+            && status
+                .condition(READY)
+                .is_some_and(|c| c.status == "True" && c.reason == reason::TOKEN_VALID)
+    });
+    [expiry, warn].into_iter().flatten().min()
 }
 
 /// An event to publish because the status changed in a way people care about.
@@ -349,7 +461,7 @@ pub fn next_status_change(status: &OAuthCredentialStatus, now: Timestamp) -> Opt
 pub struct Notice {
     pub warning: bool,
     /// Stable CamelCase reason: `ReauthRequired`, `SecretConflict`,
-    /// `RefreshFailed` or `Recovered`.
+    /// `RefreshFailed`, `RefreshTokenExpiring` or `Recovered`.
     pub reason: &'static str,
     pub action: &'static str,
     pub message: String,
@@ -385,6 +497,17 @@ pub fn notices(old: Option<&OAuthCredentialStatus>, new: &OAuthCredentialStatus)
             warning: true,
             reason: "SecretConflict",
             action: "WriteSecret",
+            message: ready.message.clone(),
+        });
+    }
+    if let Some(ready) = ready
+        && ready.reason == reason::REFRESH_TOKEN_EXPIRING
+        && !was_ready_reason(reason::REFRESH_TOKEN_EXPIRING)
+    {
+        out.push(Notice {
+            warning: true,
+            reason: "RefreshTokenExpiring",
+            action: "Refresh",
             message: ready.message.clone(),
         });
     }
@@ -673,9 +796,60 @@ mod tests {
         );
         assert_eq!(at_time(&ok, ts("2026-11-21T19:59:59Z"), 1), ok);
         assert_eq!(
-            next_status_change(&ok, ts("2026-11-21T19:00:00Z")),
+            next_status_change(&ok, ts("2026-11-21T19:00:00Z"), WEEK),
             Some(ts("2026-11-21T20:00:00Z"))
         );
+    }
+
+    const WEEK: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+    #[test]
+    fn a_time_limited_grant_warns_a_configured_time_before_its_refresh_token_expires() {
+        let mut ok = after_success(
+            None,
+            success("2026-11-21T19:00:00Z", "2026-11-21T20:00:00Z"),
+        );
+        ok.refresh_token = Some(RefreshTokenState {
+            expires_at: Some(Time(ts("2026-11-30T19:00:00Z"))),
+            ..Default::default()
+        });
+        // Nine days left: the wake-up is at the start of the warning, a week
+        // before the end, unless the access token expires first.
+        let warn_at = ts("2026-11-23T19:00:00Z");
+        assert_eq!(
+            next_status_change(&ok, ts("2026-11-21T19:00:01Z"), WEEK),
+            Some(ts("2026-11-21T20:00:00Z"))
+        );
+        let mut before = ok.clone();
+        refresh_token_expiry(&mut before, ts("2026-11-23T18:59:59Z"), WEEK);
+        assert_eq!(before, ok, "nothing before the warning time");
+        let mut unexpired = ok.clone();
+        unexpired.expires_at = Some(Time(ts("2026-11-24T00:00:00Z")));
+        assert_eq!(
+            next_status_change(&unexpired, ts("2026-11-23T00:00:00Z"), WEEK),
+            Some(warn_at)
+        );
+        let mut warned = ok.clone();
+        refresh_token_expiry(&mut warned, warn_at, WEEK);
+        let ready = warned.condition(READY).unwrap();
+        assert_eq!(ready.status, "True");
+        assert_eq!(ready.reason, reason::REFRESH_TOKEN_EXPIRING);
+        assert!(
+            ready.message.contains("2026-11-30T19:00:00Z"),
+            "{}",
+            ready.message
+        );
+        let events = notices(Some(&ok), &warned);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].reason, "RefreshTokenExpiring");
+        assert!(events[0].warning);
+        assert!(notices(Some(&warned), &warned).is_empty(), "said once");
+        let mut again = warned.clone();
+        refresh_token_expiry(&mut again, ts("2026-11-24T00:00:00Z"), WEEK);
+        assert_eq!(again, warned, "applied once");
+        let mut short = ok.clone();
+        refresh_token_expiry(&mut short, warn_at, std::time::Duration::from_secs(3600));
+        assert_eq!(short, ok, "a shorter warning says nothing yet");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::resource::{OAuthCredential, READY, REAUTH_REQUIRED};
+use crate::status::reason::REFRESH_TOKEN_EXPIRING;
 
 /// One credential, as `status -o json` prints it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -36,12 +37,30 @@ pub struct Row {
     pub failed_attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<LastFailure>,
-    /// For `ReauthRequired=True`: the command that grants consent again.
+    /// For `ReauthRequired=True`, or a refresh token that expires soon
+    /// (`RefreshTokenExpiring`): the command that grants consent again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
     /// For `ReauthRequired=True`: the condition's message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reauth_message: Option<String>,
+    /// The output Secret's name.
+    pub output_secret: String,
+    /// When the refresh token itself expires (time-limited grants).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_at: Option<String>,
+    /// Seconds until the refresh token itself expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_in_seconds: Option<i64>,
+}
+
+/// Which columns the table has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// A NAMESPACE column (with `-A`).
+    pub namespace: bool,
+    /// REASON, OUTPUT and REFRESH TOKEN EXPIRES too (`-o wide`).
+    pub wide: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -57,7 +76,7 @@ pub struct LastFailure {
 }
 
 /// The rows for `credentials`, sorted by namespace and name. `program` is how
-/// the person invoked us (`oauth-token-operator` or `kubectl oauth`).
+/// the person invoked us (`oauth-token-operator` or `kubectl oauth-token`).
 pub fn rows(credentials: &[OAuthCredential], program: &str, now: Timestamp) -> Vec<Row> {
     let mut rows: Vec<Row> = credentials
         .iter()
@@ -79,7 +98,15 @@ fn row(credential: &OAuthCredential, program: &str, now: Timestamp) -> Row {
     };
     let seconds_until = |t: Timestamp| t.duration_since(now).as_secs();
     let reauth = condition(REAUTH_REQUIRED).filter(|c| c.status == "True");
+    let grant_expiry = status
+        .refresh_token
+        .as_ref()
+        .and_then(|r| r.expires_at.as_ref())
+        .map(|t| t.0);
     Row {
+        output_secret: credential.spec.output.secret_name.clone(),
+        refresh_token_expires_at: grant_expiry.map(|t| t.to_string()),
+        refresh_token_expires_in_seconds: grant_expiry.map(seconds_until),
         ready: state(READY),
         reason: condition(READY).map(|c| c.reason.clone()),
         reauth_required: state(REAUTH_REQUIRED),
@@ -95,15 +122,18 @@ fn row(credential: &OAuthCredential, program: &str, now: Timestamp) -> Row {
             message: f.message.clone(),
             current: status.failed_attempts > 0,
         }),
-        fix: reauth.map(|_| format!("{program} authorize {namespace}/{name}")),
+        fix: (reauth.is_some()
+            || condition(READY).is_some_and(|c| c.reason == REFRESH_TOKEN_EXPIRING))
+        .then(|| format!("{program} authorize {namespace}/{name}")),
         reauth_message: reauth.map(|c| c.message.clone()),
         namespace,
         name,
     }
 }
 
-/// The table, then one paragraph per credential that waits for a person.
-pub fn table(rows: &[Row], with_namespace: bool, now: Timestamp) -> String {
+/// The table, then one paragraph per credential that waits for a person or
+/// whose grant ends soon.
+pub fn table(rows: &[Row], columns: Columns, now: Timestamp) -> String {
     let mut header = vec![
         "NAME",
         "READY",
@@ -112,7 +142,10 @@ pub fn table(rows: &[Row], with_namespace: bool, now: Timestamp) -> String {
         "NEXT REFRESH",
         "LAST FAILURE",
     ];
-    if with_namespace {
+    if columns.wide {
+        header.extend(["REASON", "OUTPUT", "REFRESH TOKEN EXPIRES"]);
+    }
+    if columns.namespace {
         header.insert(0, "NAMESPACE");
     }
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -125,21 +158,43 @@ pub fn table(rows: &[Row], with_namespace: bool, now: Timestamp) -> String {
             next_refresh(row),
             last_failure(row, now),
         ];
-        if with_namespace {
+        if columns.wide {
+            cells.extend([
+                row.reason.clone().unwrap_or_else(|| "-".into()),
+                row.output_secret.clone(),
+                expires_in(row.refresh_token_expires_in_seconds),
+            ]);
+        }
+        if columns.namespace {
             cells.insert(0, row.namespace.clone());
         }
         lines.push(cells);
     }
     let mut out = align(&lines);
     for row in rows {
-        if let (Some(fix), Some(message)) = (&row.fix, &row.reauth_message) {
-            out.push_str(&format!(
-                "\n{}/{} needs a person: {message}\n  fix: {fix}\n",
-                row.namespace, row.name
-            ));
-        }
+        out.push_str(&paragraph(row));
     }
     out
+}
+
+/// What a person should do about a credential, if anything.
+fn paragraph(row: &Row) -> String {
+    if let (Some(fix), Some(message)) = (&row.fix, &row.reauth_message) {
+        return format!(
+            "\n{}/{} needs a person: {message}\n  fix: {fix}\n",
+            row.namespace, row.name
+        );
+    }
+    match (&row.reason, &row.refresh_token_expires_at) {
+        (Some(reason), Some(at)) if reason == REFRESH_TOKEN_EXPIRING => format!(
+            "\n{}/{}: the refresh token expires at {at} (in {}); grant consent again before then\n  fix: {}\n",
+            row.namespace,
+            row.name,
+            short(row.refresh_token_expires_in_seconds.unwrap_or(0)),
+            row.fix.as_deref().unwrap_or_default()
+        ),
+        _ => String::new(),
+    }
 }
 
 fn align(lines: &[Vec<String>]) -> String {
@@ -307,7 +362,14 @@ mod tests {
             credential("team-a", "new", None),
         ];
         let rows = rows(&credentials, "oauth-token-operator", ts(NOW));
-        let text = table(&rows, true, ts(NOW));
+        let text = table(
+            &rows,
+            Columns {
+                namespace: true,
+                wide: false,
+            },
+            ts(NOW),
+        );
         let expected = "\
 NAMESPACE   NAME             READY     REAUTH    EXPIRES IN       NEXT REFRESH          LAST FAILURE
 team-a      gmail-sender     True      False     1h00m            in 40m                -
@@ -324,10 +386,10 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
     fn without_all_namespaces_there_is_no_namespace_column() {
         let rows = rows(
             &[credential("team-a", "gmail-sender", Some(healthy()))],
-            "kubectl oauth",
+            "kubectl oauth-token",
             ts(NOW),
         );
-        let text = table(&rows, false, ts(NOW));
+        let text = table(&rows, Columns::default(), ts(NOW));
         assert!(text.starts_with("NAME "), "{text}");
         assert!(!text.contains("team-a"), "{text}");
     }
@@ -336,7 +398,7 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
     fn json_rows_carry_times_seconds_and_the_fix() {
         let rows = rows(
             &[credential("team-b", "drive-importer", Some(revoked()))],
-            "kubectl oauth",
+            "kubectl oauth-token",
             ts(NOW),
         );
         let json = serde_json::to_value(&rows).unwrap();
@@ -349,7 +411,10 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
         assert_eq!(row["lastFailure"]["reason"], "InvalidGrant");
         assert_eq!(row["lastFailure"]["category"], "ReauthRequired");
         assert_eq!(row["lastFailure"]["current"], true);
-        assert_eq!(row["fix"], "kubectl oauth authorize team-b/drive-importer");
+        assert_eq!(
+            row["fix"],
+            "kubectl oauth-token authorize team-b/drive-importer"
+        );
     }
 
     #[test]
@@ -362,6 +427,40 @@ team-b/drive-importer needs a person: the provider rejected the refresh token
             "InvalidGrant 3h00m ago (recovered)"
         );
         assert_eq!(rows[0].fix, None);
+    }
+
+    #[test]
+    fn wide_shows_the_reason_the_output_and_a_grant_that_ends_with_its_fix() {
+        let mut status = healthy();
+        status.conditions[0] = condition(READY, "True", REFRESH_TOKEN_EXPIRING, "ends");
+        status.refresh_token = Some(crate::resource::RefreshTokenState {
+            expires_at: Some(Time(ts("2026-11-24T12:00:00Z"))),
+            ..Default::default()
+        });
+        let rows = rows(
+            &[credential("team-a", "gmail-sender", Some(status))],
+            "kubectl oauth-token",
+            ts(NOW),
+        );
+        let text = table(
+            &rows,
+            Columns {
+                namespace: false,
+                wide: true,
+            },
+            ts(NOW),
+        );
+        let expected = "\
+NAME           READY   REAUTH   EXPIRES IN   NEXT REFRESH   LAST FAILURE   REASON                 OUTPUT   REFRESH TOKEN EXPIRES
+gmail-sender   True    False    1h00m        in 40m         -              RefreshTokenExpiring   o        3d0h
+
+team-a/gmail-sender: the refresh token expires at 2026-11-24T12:00:00Z (in 3d0h); grant consent again before then
+  fix: kubectl oauth-token authorize team-a/gmail-sender
+";
+        assert_eq!(text, expected);
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["refreshTokenExpiresInSeconds"], 3 * 86_400);
+        assert_eq!(json[0]["outputSecret"], "o");
     }
 
     #[test]

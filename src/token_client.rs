@@ -10,10 +10,14 @@
 //! logs, and nothing it returns contains a token except the `Token` itself,
 //! whose values are `SecretString`s.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
+use thiserror::Error;
 
 use crate::classify::{self, Answer, Failure, Token};
 use crate::endpoint::TokenEndpoint;
@@ -31,6 +35,8 @@ pub struct TokenClientConfig {
     pub request_timeout: Duration,
     /// Accept `http://` token endpoints on loopback addresses (tests, demos).
     pub allow_insecure_loopback_http: bool,
+    /// CA certificates trusted besides the system's (`--extra-ca-file`).
+    pub extra_roots: ExtraRoots,
 }
 
 impl Default for TokenClientConfig {
@@ -39,6 +45,7 @@ impl Default for TokenClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             allow_insecure_loopback_http: false,
+            extra_roots: ExtraRoots::default(),
         }
     }
 }
@@ -52,6 +59,90 @@ impl Default for TokenClientConfig {
 /// backlog), which is when it saves most.
 pub const IDLE_CONNECTION_LIFETIME: Duration = Duration::from_millis(900);
 
+/// CA certificates the token client trusts in addition to the system's, for
+/// providers behind a private CA or a TLS-intercepting proxy. Read once, at
+/// start, so that a missing or broken file stops the operator there rather
+/// than failing each refresh.
+#[derive(Clone, Default)]
+pub struct ExtraRoots {
+    certificates: Vec<reqwest::Certificate>,
+    source: Option<PathBuf>,
+}
+
+/// Why the extra CA file cannot be used.
+#[derive(Debug, Error)]
+pub enum ExtraRootsError {
+    #[error("cannot read the extra CA file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the extra CA file {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    Empty { path: PathBuf },
+    #[error("the extra CA file {path} is not valid: certificate {index}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
+}
+
+impl ExtraRoots {
+    /// Reads every certificate of a PEM file; other PEM sections (a key,
+    /// say) are ignored. Each certificate must parse as a trust anchor.
+    pub fn from_pem_file(path: &Path) -> Result<Self, ExtraRootsError> {
+        let pem = std::fs::read(path).map_err(|source| ExtraRootsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |index, reason: String| ExtraRootsError::Invalid {
+            path: path.to_path_buf(),
+            index,
+            reason,
+        };
+        let mut certificates = Vec::new();
+        for (index, der) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+            let der = der.map_err(|e| invalid(index + 1, e.to_string()))?;
+            // The same check the verifier makes later, made now, so that a
+            // bad certificate is reported at start with its place in the file.
+            rustls::RootCertStore::empty()
+                .add(der.clone())
+                .map_err(|e| invalid(index + 1, e.to_string()))?;
+            certificates.push(
+                reqwest::Certificate::from_der(&der)
+                    .map_err(|e| invalid(index + 1, e.to_string()))?,
+            );
+        }
+        if certificates.is_empty() {
+            return Err(ExtraRootsError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            certificates,
+            source: Some(path.to_path_buf()),
+        })
+    }
+
+    /// How many certificates were read.
+    pub fn len(&self) -> usize {
+        self.certificates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certificates.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ExtraRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtraRoots")
+            .field("source", &self.source)
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
+}
+
 /// The HTTP client for token endpoints. Cheap to clone; share one.
 #[derive(Clone)]
 pub struct TokenClient {
@@ -61,7 +152,10 @@ pub struct TokenClient {
 impl TokenClient {
     pub fn new(config: &TokenClientConfig) -> Result<Self, reqwest::Error> {
         crate::tls::install_crypto_provider();
+        // Merged into the platform verifier's roots (the system's CA bundle,
+        // or SSL_CERT_FILE), which stay trusted.
         let http = reqwest::Client::builder()
+            .tls_certs_merge(config.extra_roots.certificates.iter().cloned())
             .user_agent(concat!("oauth-token-operator/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
@@ -114,6 +208,25 @@ impl TokenClient {
         self.grant(endpoint, client, form, &secrets, now).await
     }
 
+    /// Revokes `refresh_token` at a revocation endpoint (RFC 7009 §2.1),
+    /// authenticating the client as at the token endpoint. The token goes in
+    /// the form body, never in the URL.
+    pub async fn revoke(
+        &self,
+        endpoint: &TokenEndpoint,
+        client: &ClientCredentials,
+        refresh_token: &SecretString,
+        now: impl Fn() -> Timestamp,
+    ) -> Result<(), Failure> {
+        let form = vec![
+            ("token", refresh_token.expose_secret()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let secrets = [refresh_token.expose_secret()];
+        let answered = self.post(endpoint, client, form, &secrets).await?;
+        classify::classify_revocation(&answered.answer(), now())
+    }
+
     /// Posts a grant with the client's authentication and classifies the
     /// answer, with every secret the request carried (`secrets`, the client's
     /// id and secret, the Basic credentials) scrubbed from provider text.
@@ -121,10 +234,22 @@ impl TokenClient {
         &self,
         endpoint: &TokenEndpoint,
         client: &ClientCredentials,
-        mut form: Vec<(&str, &str)>,
+        form: Vec<(&str, &str)>,
         secrets: &[&str],
         now: impl Fn() -> Timestamp,
     ) -> Result<Token, Failure> {
+        let answered = self.post(endpoint, client, form, secrets).await?;
+        classify::classify(&answered.answer(), now())
+    }
+
+    /// Posts a form with the client's authentication and reads the answer.
+    async fn post(
+        &self,
+        endpoint: &TokenEndpoint,
+        client: &ClientCredentials,
+        mut form: Vec<(&str, &str)>,
+        secrets: &[&str],
+    ) -> Result<Answered, Failure> {
         let mut sent: Vec<String> = Vec::new();
         for secret in secrets.iter().copied().chain([
             client.client_id.as_str(),
@@ -166,16 +291,34 @@ impl TokenClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let (body, truncated) = read_capped(response).await.map_err(network_failure)?;
-        classify::classify(
-            &Answer {
-                status,
-                retry_after: retry_after.as_deref(),
-                body: &body,
-                truncated,
-                sent_secrets: &sent,
-            },
-            now(),
-        )
+        Ok(Answered {
+            status,
+            retry_after,
+            body,
+            truncated,
+            sent,
+        })
+    }
+}
+
+/// An HTTP answer as read, with the secrets its request carried.
+struct Answered {
+    status: u16,
+    retry_after: Option<String>,
+    body: Vec<u8>,
+    truncated: bool,
+    sent: Vec<String>,
+}
+
+impl Answered {
+    fn answer(&self) -> Answer<'_> {
+        Answer {
+            status: self.status,
+            retry_after: self.retry_after.as_deref(),
+            body: &self.body,
+            truncated: self.truncated,
+            sent_secrets: &self.sent,
+        }
     }
 }
 
@@ -217,7 +360,9 @@ async fn read_capped(mut response: reqwest::Response) -> Result<(Vec<u8>, bool),
 /// A transport failure, described without the request (which holds tokens):
 /// reqwest's errors name only the URL, but we keep to our own words.
 fn network_failure(error: reqwest::Error) -> Failure {
-    let (reason, detail) = if error.is_timeout() {
+    let (reason, detail) = if let Some(detail) = tls_failure(&error) {
+        ("TlsHandshakeFailed", detail)
+    } else if error.is_timeout() {
         ("Timeout", "the token endpoint did not answer in time")
     } else if error.is_connect() {
         (
@@ -247,5 +392,48 @@ fn network_failure(error: reqwest::Error) -> Failure {
         provider: Default::default(),
         http_status: None,
         retry_after: None,
+    }
+}
+
+/// What went wrong in a TLS handshake, if that is where `error` comes from.
+/// reqwest reports a handshake failure as a connect error; the rustls error
+/// that says why sits further down, wrapped in one or more `io::Error`s,
+/// whose `source()` skips the error they wrap (hence `get_ref`).
+fn tls_failure(error: &reqwest::Error) -> Option<&'static str> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = next {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls_detail(tls));
+        }
+        next = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
+    }
+    None
+}
+
+fn tls_detail(error: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match error {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "TLS handshake failed: the token endpoint's certificate is not signed by a trusted CA"
+        }
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => {
+            "TLS handshake failed: the token endpoint's certificate has expired or is not valid yet"
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
+            "TLS handshake failed: the token endpoint's certificate is not valid for its host name"
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            "TLS handshake failed: the token endpoint's certificate was refused"
+        }
+        _ => "the TLS handshake with the token endpoint failed",
     }
 }

@@ -2,8 +2,9 @@
 //! steps:
 //!
 //! - `admit`, before any Secret is read: the namespace is served, the output
-//!   name is not another credential's input, the endpoints are allowed, and
-//!   the refresh-token Secret belongs to this credential alone;
+//!   name is not another credential's input, the endpoints are allowed, the
+//!   refresh-token Secret belongs to this credential alone, and the output's
+//!   templates parse;
 //! - `validate`, over the input Secrets as gathered: both opted in, the client
 //!   complete, the refresh token present and sealed for this very credential,
 //!   endpoint and client, and `refreshBefore` well-formed.
@@ -18,6 +19,7 @@ use thiserror::Error;
 
 use crate::endpoint::{EndpointError, EndpointPolicy, TokenEndpoint};
 use crate::input_secrets::{self, ClientCredentials, ClientSecretError, InputKind, InputSecret};
+use crate::output_secret::{self, OutputError};
 use crate::resource::{FailureCategory, OAuthCredentialSpec};
 use crate::schedule;
 use crate::seal::{Binding, Format, KeyRing, OpenError};
@@ -139,6 +141,8 @@ pub enum Invalid {
     },
     #[error("spec.refreshBefore: {0}")]
     RefreshBefore(String),
+    #[error(transparent)]
+    Output(OutputError),
 }
 
 impl Invalid {
@@ -157,7 +161,7 @@ impl Invalid {
             }
             Invalid::SealedForAnotherClient { .. } => reason::SEALED_FOR_ANOTHER_CLIENT,
             Invalid::SealedTokenUnreadable { .. } => reason::SEALED_TOKEN_UNREADABLE,
-            Invalid::RefreshBefore(_) => reason::INVALID_SPEC,
+            Invalid::RefreshBefore(_) | Invalid::Output(_) => reason::INVALID_SPEC,
         }
     }
 
@@ -209,6 +213,13 @@ pub fn admit(admission: &Admission<'_>) -> Result<TokenEndpoint, Invalid> {
             .authorization_endpoint(&spec.provider)
             .map_err(Invalid::Endpoint)?;
     }
+    if spec.revoke_on_delete {
+        admission
+            .policy
+            .revocation_endpoint(&spec.provider)
+            .map_err(Invalid::Endpoint)?;
+    }
+    output_secret::check_templates(&spec.output).map_err(Invalid::Output)?;
     if let Some(holder) = admission.refresh_secret_holder {
         return Err(Invalid::RefreshTokenSecretShared {
             secret: spec.refresh_token_secret_ref.name.clone(),
@@ -381,8 +392,10 @@ mod tests {
             scopes: vec!["s".into()],
             output: Output {
                 secret_name: "out".into(),
+                ..Default::default()
             },
             refresh_before: refresh_before.map(Into::into),
+            revoke_on_delete: false,
         }
     }
 

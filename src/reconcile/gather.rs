@@ -74,27 +74,28 @@ impl Context {
         }
     }
 
-    /// Ours, someone else's, or absent. The cache answers for Secrets we
-    /// labelled; anything else is looked up, because a foreign Secret carries
-    /// no label of ours.
+    /// Ours (as we wrote it, or altered), an orphan to adopt, someone
+    /// else's, or absent. The cache answers for Secrets we labelled; anything
+    /// else is looked up, because a foreign Secret carries no label of ours.
     pub(super) async fn output_secret(
         &self,
         credential: &OAuthCredential,
     ) -> Result<OutputSecret, Error> {
         let ns = credential.namespace().unwrap_or_default();
         let name = &credential.spec.output.secret_name;
-        if let Some(cached) = self.owned_secrets.get(&ObjectRef::new(name).within(&ns)) {
-            return Ok(output_secret::ownership(Some(&cached.metadata), credential));
+        let meta = match self.owned_secrets.get(&ObjectRef::new(name).within(&ns)) {
+            Some(cached) => Some(cached.metadata.clone()),
+            None => self
+                .secrets(&ns)
+                .get_metadata_opt(name)
+                .await
+                .map_err(kube_err("read output Secret metadata"))?
+                .map(|found| found.metadata),
+        };
+        match (output_secret::ownership(meta.as_ref(), credential), meta) {
+            (OutputSecret::Owned, Some(meta)) => self.check_output(credential, &meta).await,
+            (ownership, _) => Ok(ownership),
         }
-        let found = self
-            .secrets(&ns)
-            .get_metadata_opt(name)
-            .await
-            .map_err(kube_err("read output Secret metadata"))?;
-        Ok(output_secret::ownership(
-            found.as_ref().map(|s| &s.metadata),
-            credential,
-        ))
     }
 
     /// Versions of the inputs, from the Secret watch (read when it has not
@@ -111,6 +112,7 @@ impl Context {
             refresh_token_secret_version: self
                 .secret_version(credential, &credential.spec.refresh_token_secret_ref.name)
                 .await?,
+            key_ring: String::new(),
         })
     }
 
@@ -170,6 +172,7 @@ impl Context {
                 &client_secret,
             ),
             refresh_token_secret_version: self.version_read(&ns, refresh_name, &refresh_secret),
+            key_ring: String::new(),
         };
         Ok(Gathered {
             client_secret,

@@ -15,8 +15,10 @@ use crate::resource::{OAuthCredential, OAuthCredentialStatus};
 
 type Key = ObjectRef<OAuthCredential>;
 
+/// Kept across restarts of the controller within the process (a sharded
+/// replica starts it again when its shards change).
 #[derive(Default)]
-pub(super) struct Memory {
+pub struct Memory {
     /// Rotated refresh tokens received but not yet stored (the write failed).
     unstored_rotations: Mutex<HashMap<Key, SecretString>>,
     /// Refresh-token Secret versions already inspected with nothing to do.
@@ -28,42 +30,190 @@ pub(super) struct Memory {
     /// New tokens whose output Secret could not be written: written again
     /// without another call while they are valid.
     pending_outputs: Mutex<HashMap<Key, Refreshed>>,
+    /// What the output Secret should hold: the version we wrote or checked,
+    /// the hash of our data, and the token we wrote (while we have it).
+    outputs: Mutex<HashMap<Key, OutputRecord>>,
+}
+
+/// What this process knows of a credential's output Secret.
+pub(super) struct OutputRecord {
+    /// `resourceVersion` of the Secret as the operator wrote or checked it.
+    pub version: String,
+    /// The version before our last write: a lagging cache may still show it.
+    pub superseded: Option<String>,
+    /// SHA-256 of the data the operator wrote (after a restart: the
+    /// annotation's, until the next write).
+    pub data_hash: String,
+    /// The token last written, and the credential (uid and generation) it
+    /// was written for; `None` after a restart or an adoption.
+    pub written: Option<(Refreshed, Written)>,
+}
+
+/// Which credential, in which generation, a token was written for: a
+/// credential deleted and created again under its name is another one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Written {
+    pub uid: String,
+    pub generation: i64,
+}
+
+impl Written {
+    pub fn of(credential: &OAuthCredential) -> Self {
+        Written {
+            uid: credential.metadata.uid.clone().unwrap_or_default(),
+            generation: credential.metadata.generation.unwrap_or(0),
+        }
+    }
 }
 
 impl Memory {
-    pub fn keep_unstored_rotation(&self, credential: &OAuthCredential, token: SecretString) {
+    pub(super) fn keep_unstored_rotation(&self, credential: &OAuthCredential, token: SecretString) {
         lock(&self.unstored_rotations).insert(ObjectRef::from_obj(credential), token);
     }
 
-    pub fn take_unstored_rotation(&self, credential: &OAuthCredential) -> Option<SecretString> {
+    pub(super) fn take_unstored_rotation(
+        &self,
+        credential: &OAuthCredential,
+    ) -> Option<SecretString> {
         lock(&self.unstored_rotations).remove(&ObjectRef::from_obj(credential))
     }
 
-    pub fn keep_pending_output(&self, credential: &OAuthCredential, refreshed: Refreshed) {
+    pub(super) fn keep_pending_output(&self, credential: &OAuthCredential, refreshed: Refreshed) {
         lock(&self.pending_outputs).insert(ObjectRef::from_obj(credential), refreshed);
     }
 
-    pub fn take_pending_output(&self, credential: &OAuthCredential) -> Option<Refreshed> {
+    pub(super) fn take_pending_output(&self, credential: &OAuthCredential) -> Option<Refreshed> {
         lock(&self.pending_outputs).remove(&ObjectRef::from_obj(credential))
     }
 
-    pub fn inspected(&self, credential: &OAuthCredential) -> Option<String> {
+    /// Remembers a write of the output Secret: its new version, the hash of
+    /// its data, and the token written (if this process has it).
+    pub(super) fn wrote_output(
+        &self,
+        credential: &OAuthCredential,
+        version: String,
+        data_hash: String,
+        written: Option<(Refreshed, Written)>,
+    ) {
+        let mut outputs = lock(&self.outputs);
+        let key = ObjectRef::from_obj(credential);
+        let superseded = outputs.remove(&key).map(|r| r.version);
+        outputs.insert(
+            key,
+            OutputRecord {
+                version,
+                superseded,
+                data_hash,
+                written,
+            },
+        );
+    }
+
+    /// Whether `version` of the output Secret is one we know to hold our
+    /// data; remembers it as such, with `data_hash`, when nothing is known
+    /// yet (after a restart). `None`: unknown, to be checked.
+    pub(super) fn output_known(
+        &self,
+        credential: &OAuthCredential,
+        version: &str,
+        data_hash: Option<&str>,
+    ) -> Option<()> {
+        let mut outputs = lock(&self.outputs);
+        let key = ObjectRef::from_obj(credential);
+        match outputs.get(&key) {
+            Some(r) if r.version == version || r.superseded.as_deref() == Some(version) => Some(()),
+            Some(_) => None,
+            None => {
+                outputs.insert(
+                    key,
+                    OutputRecord {
+                        version: version.to_string(),
+                        superseded: None,
+                        data_hash: data_hash.unwrap_or_default().to_string(),
+                        written: None,
+                    },
+                );
+                Some(())
+            }
+        }
+    }
+
+    /// The hash of the data the output Secret should hold.
+    pub(super) fn output_hash(&self, credential: &OAuthCredential) -> Option<String> {
+        lock(&self.outputs)
+            .get(&ObjectRef::from_obj(credential))
+            .map(|r| r.data_hash.clone())
+    }
+
+    /// Marks `version` as checked: its data is ours (someone changed only
+    /// metadata).
+    pub(super) fn output_checked(&self, credential: &OAuthCredential, version: String) {
+        if let Some(record) = lock(&self.outputs).get_mut(&ObjectRef::from_obj(credential)) {
+            record.version = version;
+        }
+    }
+
+    /// The token last written to the output Secret, if this process holds it
+    /// for this very credential and generation, and it is valid after `now`.
+    pub(super) fn restorable(
+        &self,
+        credential: &OAuthCredential,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Option<Refreshed> {
+        self.with_restorable(credential, now, Refreshed::clone)
+    }
+
+    /// Whether `restorable` would give a token (without copying it).
+    pub(super) fn can_restore(
+        &self,
+        credential: &OAuthCredential,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> bool {
+        self.with_restorable(credential, now, |_| ()).is_some()
+    }
+
+    fn with_restorable<T>(
+        &self,
+        credential: &OAuthCredential,
+        now: k8s_openapi::jiff::Timestamp,
+        f: impl FnOnce(&Refreshed) -> T,
+    ) -> Option<T> {
+        let outputs = lock(&self.outputs);
+        let (refreshed, written_for) = outputs
+            .get(&ObjectRef::from_obj(credential))?
+            .written
+            .as_ref()?;
+        (*written_for == Written::of(credential) && refreshed.expires_at > now)
+            .then(|| f(refreshed))
+    }
+
+    /// Forgets the output Secret of a credential (it was orphaned).
+    pub(super) fn forget_output(&self, credential: &OAuthCredential) {
+        lock(&self.outputs).remove(&ObjectRef::from_obj(credential));
+    }
+
+    pub(super) fn inspected(&self, credential: &OAuthCredential) -> Option<String> {
         lock(&self.inspected)
             .get(&ObjectRef::from_obj(credential))
             .cloned()
     }
 
-    pub fn mark_inspected(&self, credential: &OAuthCredential, version: String) {
+    pub(super) fn mark_inspected(&self, credential: &OAuthCredential, version: String) {
         lock(&self.inspected).insert(ObjectRef::from_obj(credential), version);
     }
 
-    pub fn wrote(&self, credential: &OAuthCredential, status: OAuthCredentialStatus, at: Instant) {
+    pub(super) fn wrote(
+        &self,
+        credential: &OAuthCredential,
+        status: OAuthCredentialStatus,
+        at: Instant,
+    ) {
         lock(&self.written).insert(ObjectRef::from_obj(credential), (status, at));
     }
 
     /// The status last written for `credential`, if younger than `max_age`
     /// at `now` and still differing from `cached`; forgotten otherwise.
-    pub fn newer_than_cache(
+    pub(super) fn newer_than_cache(
         &self,
         credential: &OAuthCredential,
         cached: Option<&OAuthCredentialStatus>,
@@ -81,14 +231,17 @@ impl Memory {
     }
 
     /// The status last written for `credential`, whatever its age.
-    pub fn last_written(&self, credential: &OAuthCredential) -> Option<OAuthCredentialStatus> {
+    pub(super) fn last_written(
+        &self,
+        credential: &OAuthCredential,
+    ) -> Option<OAuthCredentialStatus> {
         lock(&self.written)
             .get(&ObjectRef::from_obj(credential))
             .map(|(status, _)| status.clone())
     }
 
     /// Counts a credential as scheduled by this process.
-    pub fn mark_scheduled(&self, credential: &OAuthCredential, metrics: &Metrics) {
+    pub(super) fn mark_scheduled(&self, credential: &OAuthCredential, metrics: &Metrics) {
         let mut scheduled = lock(&self.scheduled);
         if scheduled.insert(ObjectRef::from_obj(credential)) {
             metrics.set_scheduled(scheduled.len());
@@ -96,7 +249,7 @@ impl Memory {
     }
 
     /// Forgets everything about credentials that are gone.
-    pub fn forget_deleted(&self, present: &[Arc<OAuthCredential>], metrics: &Metrics) {
+    pub(super) fn forget_deleted(&self, present: &[Arc<OAuthCredential>], metrics: &Metrics) {
         let present: HashSet<Key> = present
             .iter()
             .map(|c| ObjectRef::from_obj(c.as_ref()))
@@ -105,14 +258,16 @@ impl Memory {
         lock(&self.inspected).retain(|key, _| present.contains(key));
         lock(&self.written).retain(|key, _| present.contains(key));
         lock(&self.pending_outputs).retain(|key, _| present.contains(key));
+        lock(&self.outputs).retain(|key, _| present.contains(key));
         let mut scheduled = lock(&self.scheduled);
         scheduled.retain(|key| present.contains(key));
         metrics.set_scheduled(scheduled.len());
     }
 
     /// How many entries each map holds, by name (for the memory metric).
-    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+    pub(super) fn sizes(&self) -> [(&'static str, usize); 6] {
         [
+            ("outputs", lock(&self.outputs).len()),
             ("unstored_rotations", lock(&self.unstored_rotations).len()),
             ("inspected", lock(&self.inspected).len()),
             ("written_status", lock(&self.written).len()),

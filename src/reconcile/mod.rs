@@ -23,7 +23,9 @@
 
 mod gate;
 mod gather;
+mod lifecycle;
 mod memory;
+mod output;
 mod refresh;
 mod sealing;
 mod watches;
@@ -60,7 +62,8 @@ use crate::schedule;
 use crate::token_client::TokenClient;
 use crate::validate;
 
-pub use watches::{ControllerConfig, Stopped, run};
+pub use memory::Memory;
+pub use watches::{ControllerConfig, ShardScope, Stopped, run};
 
 /// Field manager of every write, and the event reporter.
 pub const FIELD_MANAGER: &str = "oauth-token-operator";
@@ -82,7 +85,7 @@ pub struct Context {
     /// The operator's own namespace, never served.
     operator_namespace: String,
     /// What this process remembers per credential between reconciles.
-    memory: memory::Memory,
+    memory: Arc<memory::Memory>,
     /// Token-endpoint calls per second per host (the rate limit).
     rate_limit: DefaultKeyedRateLimiter<String>,
     /// Credentials waiting for a rate limit, by token expiry.
@@ -93,6 +96,8 @@ pub struct Context {
     shares: Shares,
     /// The `token_type`s accepted from providers, as written to outputs.
     token_types: Vec<String>,
+    /// How long before a refresh token's own expiry the credential warns.
+    refresh_token_warning: Duration,
     /// The shortest interval between scheduled refreshes.
     min_refresh_interval: Duration,
     endpoint_rate: f64,
@@ -151,22 +156,30 @@ pub async fn reconcile(
 /// The stages, in order.
 async fn stages(credential: Arc<OAuthCredential>, ctx: &Context) -> Result<Action, Error> {
     let credential = ctx.current(credential);
+    // A credential being deleted gets its cleanup (`lifecycle`) and nothing
+    // else; one whose deletion will need cleanup gets the finalizer.
+    if credential.metadata.deletion_timestamp.is_some() {
+        return ctx.finalize(&credential).await;
+    }
+    let credential = ctx.keep_finalizer(credential).await?;
     // Admit, before any Secret is read.
     let endpoint = match ctx.admit(&credential) {
         Ok(endpoint) => endpoint,
         Err(refused) => return ctx.refuse(&credential, &refused).await,
     };
-    // Gather: a sealed refresh token, the output's owner.
+    // Gather: a sealed refresh token, the output's owner and state.
     let credential = ctx.keep_sealed(credential, &endpoint).await?;
     let output = ctx.output_secret(&credential).await?;
     // Decide.
     let now = ctx.now();
+    let generation = credential.metadata.generation.unwrap_or(0);
     let plan = decision::decide(
         &View {
-            generation: credential.metadata.generation.unwrap_or(0),
+            generation,
             status: credential.status.as_ref(),
             force_refresh: force_annotation(&credential),
             output,
+            restorable: ctx.memory.can_restore(&credential, now),
         },
         now,
     );
@@ -174,9 +187,21 @@ async fn stages(credential: Arc<OAuthCredential>, ctx: &Context) -> Result<Actio
     // Act and record.
     let action = match plan {
         Plan::Conflict => ctx.report_conflict(&credential, now).await,
+        Plan::Adopt {
+            expires_at,
+            refreshed_at,
+        } => {
+            ctx.adopt(&credential, &endpoint, expires_at, refreshed_at)
+                .await
+        }
+        Plan::Restore => ctx.restore(&credential, output).await,
         Plan::WaitUntil(at) => ctx.settle(&credential, now, Some(at)).await,
         Plan::RefreshIfInputsChanged { since, retry_at } => {
-            if ctx.input_versions(&credential).await? == since {
+            let mut current = ctx.input_versions(&credential).await?;
+            if !since.key_ring.is_empty() {
+                current.key_ring = refresh::key_ring_ids(&ctx.keys.current());
+            }
+            if current == since {
                 ctx.settle(&credential, now, retry_at).await
             } else {
                 let why = decision::RefreshReason::InputsChanged;

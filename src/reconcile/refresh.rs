@@ -5,24 +5,22 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
 use super::gather::Gathered;
 use super::sealing::SEALED_FORMAT;
-use super::{Context, Error, FIELD_MANAGER, force_annotation, kube_err};
+use super::{Context, Error, force_annotation};
 use crate::breaker::{Answered, Refused};
 use crate::classify::{self, Token};
 use crate::decision::{self, OutputSecret, RefreshReason};
 use crate::endpoint::TokenEndpoint;
 use crate::input_secrets::version_of;
-use crate::output_secret;
-use crate::resource::{OAuthCredential, RefreshTokenState};
+use crate::resource::{OAuthCredential, REFRESH_TOKEN_EXPIRES_AT_ANNOTATION, RefreshTokenState};
 use crate::schedule;
 use crate::seal::{Format, KeyRing};
 use crate::status::{Attempt, Problem};
@@ -60,6 +58,7 @@ pub(super) struct Called {
     latency: Duration,
 }
 
+#[derive(Clone)]
 pub(super) struct Refreshed {
     pub token: Token,
     /// When the call was made (whole seconds) and answered (precisely).
@@ -123,6 +122,10 @@ impl Context {
             Ok(ready) => ready,
             Err(invalid) => {
                 let problem: Problem = (&invalid).into();
+                let mut attempt = attempt;
+                if matches!(invalid, validate::Invalid::SealedTokenUnreadable { .. }) {
+                    attempt.inputs.key_ring = key_ring_ids(&keys);
+                }
                 info!(
                     outcome = problem.reason,
                     trigger = why.as_str(),
@@ -154,7 +157,11 @@ impl Context {
         let sent_at = self.now();
         // Fencing: a replica whose hold on the Lease might end during the
         // call does not start it; the next leader will.
-        if !self.fence.allows(self.clock.instant()) {
+        let (ns, name) = (
+            credential.namespace().unwrap_or_default(),
+            credential.name_any(),
+        );
+        if !self.fence.allows_for(&ns, &name, self.clock.instant()) {
             debug!("not calling the token endpoint: leadership not assured for the call");
             return Err(Outcome::NotLeader);
         }
@@ -205,9 +212,10 @@ impl Context {
         keys: &KeyRing,
         called: Called,
     ) -> Result<Outcome, Error> {
-        let refresh_token = self
+        let mut refresh_token = self
             .store_rotation(credential, gathered, ready, &called.token, keys)
             .await?;
+        refresh_token.expires_at = refresh_token_expiry(&called, gathered).map(Time);
         let lifetime =
             SignedDuration::try_from(called.token.expires_in).expect("classify bounds expires_in");
         let refreshed = Refreshed {
@@ -256,10 +264,7 @@ impl Context {
         refreshed: Refreshed,
         output: OutputSecret,
     ) -> Result<Outcome, Error> {
-        match self
-            .write_output(credential, output, &refreshed.token, refreshed.expires_at)
-            .await
-        {
+        match self.write_output(credential, output, &refreshed).await {
             Ok(true) => Ok(Outcome::Refreshed(refreshed)),
             Ok(false) => Ok(Outcome::Conflict),
             Err(error) => {
@@ -288,6 +293,7 @@ impl Context {
                 .sealed_with
                 .as_ref()
                 .map(|(_, format)| format_name(*format)),
+            expires_at: None,
         };
         let (Some(rotated), Some(current)) = (&token.refresh_token, current) else {
             return Ok(unchanged);
@@ -302,6 +308,7 @@ impl Context {
             Ok(version) => Ok(RefreshTokenState {
                 secret_version: version,
                 sealed_with: Some(keys.primary().to_string()),
+                expires_at: None,
                 format: Some(SEALED_FORMAT.into()),
             }),
             Err(Error::RefreshTokenSecretChanged) => {
@@ -320,42 +327,27 @@ impl Context {
             }
         }
     }
+}
 
-    /// Creates or updates the output Secret; `false` when its name turned
-    /// out to belong to someone else (never written, then).
-    async fn write_output(
-        &self,
-        credential: &OAuthCredential,
-        output: OutputSecret,
-        token: &Token,
-        expires_at: Timestamp,
-    ) -> Result<bool, Error> {
-        let secret = output_secret::build(credential, token, expires_at);
-        let secrets: Api<Secret> = self.secrets(&credential.namespace().unwrap_or_default());
-        let written = match output {
-            OutputSecret::Absent => secrets
-                .create(&PostParams::default(), &secret)
-                .await
-                .map(drop),
-            OutputSecret::Owned => secrets
-                .patch(
-                    &credential.spec.output.secret_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&secret),
-                )
-                .await
-                .map(drop),
-            // `decide` plans no refresh into a foreign Secret; should one
-            // appear anyway, it is reported, never written.
-            OutputSecret::Foreign => return Ok(false),
-        };
-        match written {
-            Ok(()) => Ok(true),
-            // Someone created a Secret of that name since we looked.
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(error) => Err(kube_err("write output Secret")(error)),
-        }
-    }
+/// When the refresh token itself expires: as the provider said in this
+/// answer, else as it said at consent (the annotation `authorize` left on the
+/// refresh-token Secret); unknown otherwise.
+fn refresh_token_expiry(called: &Called, gathered: &Gathered) -> Option<Timestamp> {
+    let answered = called.token.refresh_token_expires_in.and_then(|lifetime| {
+        let lifetime = SignedDuration::try_from(lifetime).ok()?;
+        Some(schedule::whole_seconds(called.sent_at + lifetime))
+    });
+    answered.or_else(|| {
+        gathered
+            .refresh_secret
+            .accepted()?
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(REFRESH_TOKEN_EXPIRES_AT_ANNOTATION)?
+            .parse()
+            .ok()
+    })
 }
 
 /// The sealed format as status records it.
@@ -386,4 +378,10 @@ fn without_echo(mut token: Token, sent: &SecretString) -> Token {
         token.refresh_token = None;
     }
     token
+}
+
+/// The key ids a `SealedTokenUnreadable` failure records (see
+/// `Inputs::key_ring`).
+pub(super) fn key_ring_ids(keys: &crate::seal::KeyRing) -> String {
+    keys.key_ids().join(",")
 }

@@ -273,9 +273,13 @@ fn with_refresh_token(
     sealed_with: String,
 ) -> OAuthCredentialStatus {
     let mut status = credential.status.clone().unwrap_or_default();
+    // The refresh token's own expiry is known again at the next refresh;
+    // until then the one recorded stands.
+    let expires_at = status.refresh_token.take().and_then(|r| r.expires_at);
     status.refresh_token = Some(RefreshTokenState {
         secret_version,
         sealed_with: Some(sealed_with),
+        expires_at,
         format: Some(SEALED_FORMAT.into()),
     });
     status

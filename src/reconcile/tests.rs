@@ -108,8 +108,10 @@ fn credential(endpoint: &Endpoint, status: Option<OAuthCredentialStatus>) -> OAu
             scopes: vec!["s".into()],
             output: Output {
                 secret_name: "out".into(),
+                ..Default::default()
             },
             refresh_before: None,
+            revoke_on_delete: false,
         },
     );
     credential.metadata.namespace = Some(NS.into());
@@ -136,6 +138,7 @@ fn refreshed_status(issued: &str, expires: &str, due: &str) -> OAuthCredentialSt
             refresh_token: RefreshTokenState {
                 secret_version: "7".into(),
                 sealed_with: Some("k1".into()),
+                expires_at: None,
                 format: Some("v2".into()),
             },
             short_lifetime: None,
@@ -206,7 +209,11 @@ fn context(client: Client) -> Arc<Context> {
         instance: None,
         fence: Fence::open(),
         metrics: Arc::new(Metrics::new()),
-        health: Arc::new(Health::new(clock.clone(), Duration::from_secs(60))),
+        health: Arc::new(Health::new(
+            clock.clone(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )),
         endpoint_rate: NonZeroU32::new(10).unwrap(),
         endpoint_burst: NonZeroU32::new(10).unwrap(),
         clock,
@@ -221,6 +228,9 @@ fn context(client: Client) -> Arc<Context> {
         },
         token_types: vec!["Bearer".into()],
         min_refresh_interval: Duration::from_secs(1),
+        refresh_token_warning: Duration::from_secs(7 * 24 * 3600),
+        shard_scope: None,
+        memory: Default::default(),
     };
     let (credentials, _) = reflector::store();
     let (owned, mut owned_writer) = reflector::store::<PartialObjectMeta<Secret>>();

@@ -5,6 +5,7 @@
 //! (selected by their `type`), which `references` maps to the credentials
 //! naming them. No Secret data is cached, and no other Secret is watched.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,7 @@ use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::output_secret;
 use crate::references::SecretReferences;
-use crate::resource::OAuthCredential;
+use crate::resource::{CREDENTIAL_LABEL, OAuthCredential};
 use crate::token_client::{TokenClient, TokenClientConfig};
 
 /// How the controller runs.
@@ -64,6 +65,48 @@ pub struct ControllerConfig {
     pub token_types: Vec<String>,
     /// The shortest interval between scheduled refreshes.
     pub min_refresh_interval: Duration,
+    /// How long before a refresh token's own expiry the credential warns.
+    pub refresh_token_warning: Duration,
+    /// With sharding: the shards this replica holds. Only their credentials
+    /// (and output Secrets) are cached and reconciled.
+    pub shard_scope: Option<ShardScope>,
+    /// What the process remembers per credential, across controller runs.
+    pub memory: Arc<Memory>,
+}
+
+/// The shards a controller serves, of how many.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardScope {
+    pub shards: u32,
+    pub held: BTreeSet<u32>,
+}
+
+impl ShardScope {
+    /// Whether the credential `namespace/name` is in a held shard.
+    pub fn covers(&self, namespace: &str, name: &str) -> bool {
+        self.held
+            .contains(&crate::shards::shard_of(namespace, name, self.shards))
+    }
+}
+
+/// Whether a watch event is about an object in `scope` (`name_of` says which
+/// credential an object belongs to); bookkeeping events always are.
+fn in_scope<K: Resource>(
+    scope: &Option<ShardScope>,
+    event: &watcher::Event<K>,
+    name_of: impl Fn(&K) -> Option<String>,
+) -> bool {
+    let (
+        Some(scope),
+        watcher::Event::Apply(object)
+        | watcher::Event::Delete(object)
+        | watcher::Event::InitApply(object),
+    ) = (scope, event)
+    else {
+        return true;
+    };
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    name_of(object).is_some_and(|name| scope.covers(&namespace, &name))
 }
 
 impl Context {
@@ -93,7 +136,7 @@ impl Context {
             clock: config.clock.clone(),
             endpoints: config.endpoints.clone(),
             operator_namespace: config.operator_namespace.clone(),
-            memory: Memory::default(),
+            memory: config.memory.clone(),
             rate_limit: RateLimiter::keyed(
                 Quota::per_second(config.endpoint_rate).allow_burst(config.endpoint_burst),
             ),
@@ -101,6 +144,7 @@ impl Context {
             calls: Mutex::new(Calls::default()),
             shares: config.shares,
             token_types: config.token_types.clone(),
+            refresh_token_warning: config.refresh_token_warning,
             min_refresh_interval: config.min_refresh_interval,
             endpoint_rate: f64::from(config.endpoint_rate.get()),
             waiting_slots: usize::from(config.concurrency / 2).max(1),
@@ -126,13 +170,9 @@ pub async fn run(
     let (credentials, credentials_writer) = reflector::store();
     let (owned_secrets, owned_writer) = reflector::store();
     let (credentials_api, secrets_api) = apis(&client, config.watch_namespace.as_deref());
-    let credential_stream = credential_watch(
-        credentials_api,
-        credentials_writer,
-        &references,
-        &config.health,
-    );
-    let owned_stream = owned_watch(secrets_api.clone(), owned_writer, &config.health);
+    let credential_stream =
+        credential_watch(credentials_api, credentials_writer, &references, &config);
+    let owned_stream = owned_watch(secrets_api.clone(), owned_writer, &config);
     let inputs = futures::stream::select(
         input_watch(
             secrets_api.clone(),
@@ -147,10 +187,6 @@ pub async fn run(
             &config.health,
         ),
     );
-    // A new key ring re-reconciles everything, so old keys go out of use.
-    let rekeyed = futures::stream::unfold(keys_changed, |mut rx| async move {
-        rx.changed().await.ok().map(|()| ((), rx))
-    });
     let ctx = Arc::new(Context::new(
         client,
         &config,
@@ -159,25 +195,31 @@ pub async fn run(
         owned_secrets,
         references.clone(),
     ));
+    let health = config.health.clone();
+    health.restart_stall_clock();
     let controller = Controller::for_stream(credential_stream, credentials.clone())
         .owns_stream(owned_stream)
         .watches_stream(inputs, move |secret: PartialObjectMeta<Secret>| {
             credentials_naming(&references, &secret)
         })
         .reconcile_on(affected)
-        .reconcile_all_on(rekeyed)
+        // A new key ring re-reconciles everything, so old keys go out of use.
+        .reconcile_all_on(changes(keys_changed))
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                debug!(%error, "controller event");
+        .for_each(|result| {
+            health.reconciled();
+            async move {
+                if let Err(error) = result {
+                    debug!(%error, "controller event");
+                }
             }
         });
     // The gauges follow the cache on a task of their own (so that a pass
     // over a large cache never holds up reconciles); if that task ends, so
     // does the controller, and the supervisor above says why.
-    let mut gauges = tokio::spawn(follow_cache(credentials, ctx));
+    let mut gauges = tokio::spawn(follow_cache(credentials, ctx, config.health.clone()));
     let ended = tokio::select! {
         () = controller => Ok(()),
         joined = &mut gauges => Err(Stopped::CacheFollower(match joined {
@@ -187,7 +229,17 @@ pub async fn run(
     };
     gauges.abort();
     config.health.set_ready(false);
+    config.health.restart_stall_clock();
     ended
+}
+
+/// Each change of a watched value, as a stream.
+fn changes<T: Send + Sync + 'static>(
+    receiver: tokio::sync::watch::Receiver<T>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(receiver, |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    })
 }
 
 /// The credential and Secret APIs, in one namespace or all. Secrets are
@@ -212,12 +264,18 @@ fn credential_watch(
     api: Api<OAuthCredential>,
     writer: reflector::store::Writer<OAuthCredential>,
     references: &SecretReferences,
-    health: &Arc<Health>,
+    config: &ControllerConfig,
 ) -> impl Stream<Item = Result<OAuthCredential, watcher::Error>> + use<> {
+    let health = &config.health;
     let (index, synced, health) = (references.clone(), health.clone(), health.clone());
+    let scope = config.shard_scope.clone();
     watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .inspect(move |event| health.observe_watch("credentials", event.is_ok()))
+        .try_filter(move |event| {
+            let keep = in_scope(&scope, event, |c: &OAuthCredential| c.metadata.name.clone());
+            std::future::ready(keep)
+        })
         .modify(strip_cached_fields)
         .inspect_ok(move |event| {
             index.observe(event);
@@ -233,15 +291,21 @@ fn credential_watch(
 fn owned_watch(
     api: Api<PartialObjectMeta<Secret>>,
     writer: reflector::store::Writer<PartialObjectMeta<Secret>>,
-    health: &Arc<Health>,
+    config: &ControllerConfig,
 ) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + use<> {
-    let health = health.clone();
-    let config = watcher::Config::default()
+    let health = config.health.clone();
+    let scope = config.shard_scope.clone();
+    let watch = watcher::Config::default()
         .labels(&output_secret::owned_selector())
         .any_semantic();
-    watcher(api, config)
+    watcher(api, watch)
         .default_backoff()
         .inspect(move |event| health.observe_watch("output Secrets", event.is_ok()))
+        .try_filter(move |event| {
+            let credential =
+                |s: &PartialObjectMeta<Secret>| s.labels().get(CREDENTIAL_LABEL).cloned();
+            std::future::ready(in_scope(&scope, event, credential))
+        })
         .modify(strip_cached_fields)
         .reflect(writer)
         .touched_objects()
@@ -293,10 +357,22 @@ fn input_watch(
 /// credential cache, every 5 s. (Never await the store's readiness here:
 /// kube-runtime wakes only its most recent waiter, and the controller itself
 /// waits on it.)
-async fn follow_cache(store: Store<OAuthCredential>, ctx: Arc<Context>) {
+async fn follow_cache(store: Store<OAuthCredential>, ctx: Arc<Context>, health: Arc<Health>) {
     loop {
         let state = store.state();
         ctx.metrics.observe(state.iter().map(|c| c.as_ref()));
+        // What `/livez` weighs progress against: the earliest scheduled call
+        // already past.
+        let now = ctx.clock.now();
+        let earliest_due = state
+            .iter()
+            .filter_map(|c| c.status.as_ref()?.refresh_at.as_ref().map(|at| at.0))
+            .filter(|at| *at <= now)
+            .min();
+        health.set_overdue(
+            earliest_due
+                .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO)),
+        );
         ctx.memory.forget_deleted(&state, &ctx.metrics);
         drop(state);
         ctx.backlog.lock().expect("lock").prune(ctx.clock.instant());

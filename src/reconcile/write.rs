@@ -141,7 +141,7 @@ impl Context {
         let refresh_at = scheduled.max(floor);
         let short_lifetime = (scheduled < floor).then_some(self.min_refresh_interval);
         let now = schedule::whole_seconds(refreshed.answered_at);
-        let desired = status::after_success(
+        let mut desired = status::after_success(
             credential.status.as_ref(),
             Success {
                 now,
@@ -164,7 +164,8 @@ impl Context {
             latency_ms = refreshed.latency.as_millis() as u64,
             "refreshed"
         );
-        let next_change = status::next_status_change(&desired, now);
+        status::refresh_token_expiry(&mut desired, now, self.refresh_token_warning);
+        let next_change = status::next_status_change(&desired, now, self.refresh_token_warning);
         self.write_status(credential, desired).await?;
         Ok(self.requeue_at([Some(refresh_at), next_change].into_iter().flatten().min()))
     }
@@ -227,7 +228,7 @@ impl Context {
             retry_at,
         };
         let desired = status::after_failure(credential.status.as_ref(), failed);
-        let next_change = status::next_status_change(&desired, now);
+        let next_change = status::next_status_change(&desired, now, self.refresh_token_warning);
         self.write_status(credential, desired).await?;
         Ok(self.requeue_at([retry_at, next_change].into_iter().flatten().min()))
     }
@@ -281,12 +282,18 @@ impl Context {
         credential: &OAuthCredential,
         now: Timestamp,
     ) -> Result<Action, Error> {
-        let desired = status::after_conflict(
+        let mut desired = status::after_conflict(
             credential.status.as_ref(),
             now,
             credential.metadata.generation.unwrap_or(0),
             &credential.spec.output.secret_name,
         );
+        // A forced refresh is answered too (`refresh` waits for it): with
+        // the conflict.
+        let status = credential.status.as_ref();
+        if let Some(forced) = decision::pending_force(force_annotation(credential), status) {
+            desired.last_forced_refresh = Some(forced.to_string());
+        }
         self.write_status(credential, desired).await?;
         // A foreign Secret is not watched (only Secrets the operator owns or
         // that opted in as inputs are), so its going is noticed by looking
@@ -303,13 +310,15 @@ impl Context {
         wake: Option<Timestamp>,
     ) -> Result<Action, Error> {
         let generation = credential.metadata.generation.unwrap_or(0);
-        let desired = credential
-            .status
-            .as_ref()
-            .map(|s| status::at_time(s, now, generation));
+        let warning = self.refresh_token_warning;
+        let desired = credential.status.as_ref().map(|s| {
+            let mut desired = status::at_time(s, now, generation);
+            status::refresh_token_expiry(&mut desired, now, warning);
+            desired
+        });
         let next_change = desired
             .as_ref()
-            .and_then(|s| status::next_status_change(s, now));
+            .and_then(|s| status::next_status_change(s, now, warning));
         if let Some(desired) = desired {
             self.write_status(credential, desired).await?;
         }
@@ -365,7 +374,7 @@ impl Context {
         Ok(())
     }
 
-    async fn publish(&self, credential: &OAuthCredential, notices: Vec<status::Notice>) {
+    pub(super) async fn publish(&self, credential: &OAuthCredential, notices: Vec<status::Notice>) {
         // Without the resourceVersion, a repeat of the same event is
         // recognised and aggregated (a series) instead of created anew.
         let mut reference = credential.object_ref(&());
@@ -391,7 +400,7 @@ impl Context {
 
 /// Seeds the jitter of a credential's schedule and backoff: stable for one
 /// spec of one credential.
-fn jitter_seed(credential: &OAuthCredential) -> String {
+pub(super) fn jitter_seed(credential: &OAuthCredential) -> String {
     format!(
         "{}/{}",
         credential.uid().unwrap_or_default(),

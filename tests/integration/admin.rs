@@ -46,6 +46,30 @@ async fn metrics_match_what_happened_and_health_endpoints_answer() {
 
         assert_eq!(get(&format!("{admin}/livez")).await.0, 200);
         assert_eq!(get(&format!("{admin}/readyz")).await.0, 200);
+        // OpenMetrics says so (else Prometheus drops counters' HELP), with the
+        // build and the process beside the operator's own series.
+        let response = reqwest::get(format!("{admin}/metrics")).await.unwrap();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{content_type}"
+        );
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with("# EOF\n"), "an OpenMetrics body");
+        assert!(
+            text.contains(&format!(
+                "oauth_token_operator_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                oauth_token_operator::cli::GIT_COMMIT
+            )),
+            "{text}"
+        );
+        let rss = value(&text, "process_resident_memory_bytes").unwrap_or_default();
+        assert!(rss > 1e6, "the operator's RSS, not ours: {rss}");
+        assert!(value(&text, "process_cpu_seconds_total").is_some_and(|s| s > 0.0));
         let metrics = eventually(
             "the credential gauges to catch up",
             Duration::from_secs(15),

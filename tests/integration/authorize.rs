@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use oauth_token_operator::input_secrets::REFRESH_TOKEN_SECRET_TYPE;
 use oauth_token_operator::resource::{
     ClientAuthentication, OAuthCredential, READY, REAUTH_REQUIRED,
 };
@@ -36,11 +37,27 @@ struct Authorize {
 
 impl Authorize {
     fn start(args: &[&str], kubeconfig: Option<&std::path::Path>) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
+        Self::start_with(args, kubeconfig, None)
+    }
+
+    /// With `browser`, the command opens the consent page with it (as
+    /// `$BROWSER`) instead of being told `--no-browser`.
+    fn start_with(
+        args: &[&str],
+        kubeconfig: Option<&std::path::Path>,
+        browser: Option<&std::path::Path>,
+    ) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"));
+        command
             .arg("authorize")
             .args(args)
-            .args(["--no-browser", "--allow-insecure-loopback-http"])
-            .envs(kubeconfig.map(|path| ("KUBECONFIG", path.as_os_str())))
+            .arg("--allow-insecure-loopback-http")
+            .envs(kubeconfig.map(|path| ("KUBECONFIG", path.as_os_str())));
+        match browser {
+            Some(browser) => command.env("BROWSER", browser),
+            None => command.arg("--no-browser").env_remove("BROWSER"),
+        };
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -235,8 +252,39 @@ async fn consent_creates_the_refresh_token_secret_and_the_operator_refreshes_wit
         );
         assert!(secret(&client, &ns, "mail-refresh").await.is_none());
 
-        let authorize = Authorize::start(&[&format!("{ns}/mail")], None);
+        // The browser is a script that records the address it was given;
+        // the redirect listens on the port asked for.
+        let browser_dir = std::env::temp_dir().join(format!("oto-{ns}-browser"));
+        std::fs::create_dir_all(&browser_dir).unwrap();
+        let opened = browser_dir.join("opened");
+        let browser = browser_dir.join("browser");
+        std::fs::write(
+            &browser,
+            format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", opened.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &browser,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let port_arg = port.to_string();
+        let authorize = Authorize::start_with(
+            &[&format!("{ns}/mail"), "--port", &port_arg],
+            None,
+            Some(&browser),
+        );
         let url = authorize.consent_url().await;
+        let in_browser = eventually("the browser to open", Duration::from_secs(10), || async {
+            std::fs::read_to_string(&opened).ok()
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(&browser_dir);
+        assert_eq!(in_browser, url, "the browser opened the printed address");
         let location = consent(&url).await;
         // A stray request with another state reaches the listener first: it
         // is refused, and does not end the consent.
@@ -261,7 +309,7 @@ async fn consent_creates_the_refresh_token_secret_and_the_operator_refreshes_wit
         assert_eq!(param("code_challenge_method"), "S256");
         assert_eq!(param("scope"), format!("{GMAIL_SEND} {DRIVE_FILE}"));
         assert!(param("state").len() >= 22, "an unguessable state");
-        assert!(param("redirect_uri").starts_with("http://127.0.0.1:"));
+        assert_eq!(param("redirect_uri"), format!("http://127.0.0.1:{port}/"));
 
         // The operator refreshed with the new token, which is stored sealed.
         let consented = server.consented_refresh_tokens();
@@ -358,18 +406,27 @@ async fn reauth_required_is_fixed_by_authorize_alone_with_a_pasted_address() {
         // As the kubectl plugin, the fix names the plugin.
         let plugin_dir = std::env::temp_dir().join(format!("oto-{ns}-plugin"));
         std::fs::create_dir_all(&plugin_dir).unwrap();
-        let plugin = plugin_dir.join("kubectl-oauth");
+        let plugin = plugin_dir.join("kubectl-oauth_token");
         let _ = std::fs::remove_file(&plugin);
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_oauth-token-operator"), &plugin).unwrap();
         let output = Command::new(&plugin)
             .args(["status", "-n", &ns])
             .output()
-            .expect("run kubectl-oauth");
+            .expect("run kubectl-oauth_token");
+        let help = Command::new(&plugin)
+            .args(["authorize", "--help"])
+            .output()
+            .expect("run kubectl-oauth_token");
         let _ = std::fs::remove_dir_all(&plugin_dir);
         let text = String::from_utf8(output.stdout).unwrap();
         assert!(
-            text.contains(&format!("  fix: kubectl oauth authorize {ns}/mail")),
+            text.contains(&format!("  fix: kubectl oauth-token authorize {ns}/mail")),
             "{text}"
+        );
+        let help = String::from_utf8(help.stdout).unwrap();
+        assert!(
+            help.contains("Usage: kubectl oauth-token authorize [OPTIONS] <CREDENTIAL>"),
+            "{help}"
         );
 
         // The browser runs elsewhere: the person pastes where it ended.
@@ -720,6 +777,87 @@ async fn nothing_is_sent_to_endpoints_the_operator_has_not_allowed_nor_stored_in
             before.metadata.resource_version
         );
         assert!(allowed.authorization_requests().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_documented_role_suffices_and_a_time_limited_grant_is_recorded() {
+    with_namespace("authz-role", |client, ns| async move {
+        ensure_crd(&client).await;
+        let server = TokenServer::start(Duration::from_secs(3600)).await;
+        server.refresh_token_expires_in(Some(7 * 24 * 3600));
+        create_client_secret(&client, &ns).await;
+        create_authorizable(&client, &ns, &server, "mail", &[GMAIL_SEND]).await;
+        // The refresh-token Secret exists, empty, as the Role's comment says.
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &typed_secret("mail-refresh", REFRESH_TOKEN_SECRET_TYPE, &[]),
+            )
+            .await
+            .unwrap();
+        // examples/rbac/authorize-role.yaml, for this namespace and credential.
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/rbac/authorize-role.yaml"
+        ))
+        .unwrap()
+        .replace("team-a", &ns)
+        .replace("google-oauth-client", CLIENT_SECRET_NAME)
+        .replace("gmail-sender", "mail");
+        let role: Role = serde_yaml_ng::from_str(&example).unwrap();
+        Api::<Role>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        let user = format!("person-{ns}");
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "person"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        let kubeconfig = kubeconfig_as(&user, &format!("oto-{ns}-person.kubeconfig"));
+        let _operator = Operator::start(&ns);
+
+        let authorize = Authorize::start(&[&format!("{ns}/mail")], Some(&kubeconfig));
+        let url = authorize.consent_url().await;
+        follow(&consent(&url).await).await;
+        let (success, stdout, stderr) = authorize.finish().await;
+        let _ = std::fs::remove_file(&kubeconfig);
+        assert!(success, "authorize with the documented Role failed:\n{stderr}");
+        assert!(stdout.contains(&format!("{ns}/mail is Ready")), "{stdout}");
+
+        // The grant's end, from the code exchange, kept on the Secret and in
+        // status.
+        let stored = secret(&client, &ns, "mail-refresh").await.unwrap();
+        let recorded: k8s_openapi::jiff::Timestamp = stored
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("oauth.tokenoperator.io/refresh-token-expires-at"))
+            .expect("the annotation")
+            .parse()
+            .unwrap();
+        let in_a_week = k8s_openapi::jiff::Timestamp::now()
+            + k8s_openapi::jiff::SignedDuration::from_secs(7 * 24 * 3600);
+        assert!(
+            in_a_week.duration_since(recorded).as_secs().abs() < 60,
+            "{recorded}"
+        );
+        let status = status_of(&client, &ns, "mail").await;
+        let expires = status.refresh_token.and_then(|r| r.expires_at).unwrap().0;
+        assert!(expires.duration_since(recorded).as_secs().abs() < 60, "{expires}");
+        // A week left is within the default warning (7 days): said so.
+        assert_eq!(
+            status.conditions.iter().find(|c| c.type_ == READY).unwrap().reason,
+            "RefreshTokenExpiring"
+        );
     })
     .await;
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kube::api::{DynamicObject, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiResource, Scope};
 use kube::{Api, CustomResourceExt, Discovery};
 use oauth_token_operator::resource::OAuthCredential;
@@ -112,6 +112,17 @@ async fn invalid_credentials_are_refused_with_messages_a_person_understands() {
             ("no-scopes", with(&["scopes"], json!([])), "scopes"),
             ("bad-name", with(&["output", "secretName"], json!("Not_A_Name")), "secretName"),
             ("no-output", with(&["output"], Value::Null), "output: Required value"),
+            ("docker-without-registries", with(&["output", "type"], json!("kubernetes.io/dockerconfigjson")), "output.registries is required with type kubernetes.io/dockerconfigjson"),
+            ("registries-on-opaque", with(&["output", "registries"], json!(["europe-docker.pkg.dev"])), "output.registries is required with type kubernetes.io/dockerconfigjson, and only then"),
+            ("other-type", with(&["output", "type"], json!("kubernetes.io/tls")), "supported values: \"Opaque\", \"kubernetes.io/dockerconfigjson\""),
+            ("keys-and-template", with(&["output"], json!({"secretName": "t", "keys": {"accessToken": "a"}, "template": {"data": {"k": "{{ access_token }}"}}})), "set output.keys or output.template, not both"),
+            ("template-key", with(&["output", "template"], json!({"data": {"not a key": "x"}})), "output.template.data keys must be Secret keys"),
+            ("template-size", with(&["output", "template"], json!({"data": {"k": "x".repeat(4097)}})), "at most 4096 characters"),
+            ("our-label", with(&["output", "labels"], json!({"oauth.tokenoperator.io/orphaned": "true"})), "output.labels may not set"),
+            ("our-annotation", with(&["output", "annotations"], json!({"oauth.tokenoperator.io/data-sha256": "x"})), "output.annotations may not set"),
+            ("bad-deletion-policy", with(&["output", "deletionPolicy"], json!("Keep")), "supported values: \"Delete\", \"Orphan\""),
+            ("revoke-without-endpoint", json!({"provider": {"tokenEndpoint": "https://x.example/token"}, "clientSecretRef": {"name": "c"}, "refreshTokenSecretRef": {"name": "r"}, "scopes": ["s"], "output": {"secretName": "t"}, "revokeOnDelete": true}), "revokeOnDelete needs provider.revocationEndpoint"),
+            ("google-revocation-endpoint", with(&["provider", "revocationEndpoint"], json!("https://x.example/revoke")), "apply only to a generic provider"),
         ];
         for (name, spec, expected) in cases {
             let error = api.create(&PostParams::default(), &object(name, spec)).await.expect_err(name);
@@ -119,6 +130,18 @@ async fn invalid_credentials_are_refused_with_messages_a_person_understands() {
             assert_eq!(status.code, 422, "{name}: {}", status.message);
             assert!(status.message.contains(expected), "{name}: {:?} does not say {expected:?}", status.message);
         }
+        // The output's type stays with its Secret's name.
+        let patch = |output: Value| json!({"spec": {"output": output}});
+        let change_type = patch(json!({"secretName": "token", "type": "kubernetes.io/dockerconfigjson", "registries": ["x.pkg.dev"]}));
+        let error = api
+            .patch("valid", &PatchParams::default(), &Patch::Merge(&change_type))
+            .await
+            .expect_err("the type changed in place");
+        assert!(error.to_string().contains("output.type cannot change for the same secretName"), "{error}");
+        let renamed = patch(json!({"secretName": "pull", "type": "kubernetes.io/dockerconfigjson", "registries": ["x.pkg.dev"]}));
+        api.patch("valid", &PatchParams::default(), &Patch::Merge(&renamed))
+            .await
+            .expect("a new type with a new name");
     })
     .await;
 }
@@ -142,7 +165,12 @@ async fn the_examples_are_accepted_by_the_api_server() {
             },
         )
         .await;
-        for file in ["google-gmail-sender.yaml", "local-demo.yaml"] {
+        for file in [
+            "google-gmail-sender.yaml",
+            "local-demo.yaml",
+            "output-shapes.yaml",
+            "rbac/authorize-role.yaml",
+        ] {
             let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
             let text = std::fs::read_to_string(&path)
                 .unwrap()
@@ -170,4 +198,32 @@ async fn the_examples_are_accepted_by_the_api_server() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_api_server_lists_the_kind_under_the_operators_category() {
+    let client = kube::Client::try_default().await.expect("kubeconfig");
+    ensure_crd(&client).await;
+    // What `kubectl get oauth-token-operator` expands: the discovery
+    // document's categories.
+    let categories = eventually(
+        "discovery to list the category",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                let list = client
+                    .list_api_group_resources("oauth.tokenoperator.io/v1alpha1")
+                    .await
+                    .ok()?;
+                let resource = list
+                    .resources
+                    .into_iter()
+                    .find(|r| r.name == "oauthcredentials")?;
+                resource.categories
+            }
+        },
+    )
+    .await;
+    assert_eq!(categories, vec!["oauth-token-operator".to_string()]);
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Discovery};
-use oauth_token_operator::resource::{READY, REAUTH_REQUIRED};
+use oauth_token_operator::resource::{
+    ClientAuthentication, DeletionPolicy, OAuthCredential, READY, REAUTH_REQUIRED,
+};
 use serde_json::{Value, json};
 
 use crate::support::fixtures::*;
@@ -26,6 +28,7 @@ use crate::support::{eventually, kubeconfig_as, operator_namespace, with_namespa
 fn rbac_objects(ns: &str, sets: &[&str]) -> Vec<Value> {
     helm_template(ns, &operator_namespace(ns), sets)
         .into_iter()
+        .filter(|v| !is_aggregated(v))
         .filter(|v| {
             matches!(
                 v["kind"].as_str(),
@@ -41,6 +44,18 @@ fn rbac_objects(ns: &str, sets: &[&str]) -> Vec<Value> {
             )
         })
         .collect()
+}
+
+/// Whether `object` is one of the roles the chart adds to the cluster's
+/// `view` and `edit`: for people, not the operator.
+fn is_aggregated(object: &Value) -> bool {
+    object["metadata"]["labels"]
+        .as_object()
+        .is_some_and(|labels| {
+            labels
+                .keys()
+                .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+        })
 }
 
 /// Every (kind, rule index) of the rendered roles.
@@ -143,10 +158,11 @@ where
 
 /// Uses every permission: lease, credential watch and status, Secret
 /// watch/read, output Secret create and patch, sealing (update), events and
-/// their aggregation (a repeated event is patched).
+/// their aggregation (a repeated event is patched); then the finalizer
+/// (credential patch), orphaning and adopting the output Secret.
 async fn scenario(client: &Client, ns: &str, server: &TokenServer) -> Result<(), String> {
     create_client_secret(client, ns).await;
-    create_credential(client, ns, server, "r").await;
+    create_orphaning_credential(client, ns, server).await;
     let ready = || async { status_of(client, ns, "r").await.is_true(READY) };
     until(Duration::from_secs(25), "Ready", ready).await?;
     let sealed = || async {
@@ -233,7 +249,62 @@ async fn scenario(client: &Client, ns: &str, server: &TokenServer) -> Result<(),
             }
         }
     }
-    Ok(())
+    orphan_and_adopt(client, ns, server).await
+}
+
+/// The credential `r`, keeping its output when deleted (so it carries the
+/// finalizer).
+async fn create_orphaning_credential(client: &Client, ns: &str, server: &TokenServer) {
+    let grant = server.new_grant();
+    put_refresh_token(client, ns, "r", &grant).await;
+    let mut spec = credential_spec(server, "r", ClientAuthentication::ClientSecretBasic);
+    spec.output.deletion_policy = DeletionPolicy::Orphan;
+    Api::<OAuthCredential>::namespaced(client.clone(), ns)
+        .create(
+            &Default::default(),
+            &OAuthCredential::new("r", spec.clone()),
+        )
+        .await
+        .expect("create credential");
+}
+
+/// Deletes `r` (the operator orphans its output and lifts its finalizer)
+/// and creates it again (the operator adopts the output).
+async fn orphan_and_adopt(client: &Client, ns: &str, server: &TokenServer) -> Result<(), String> {
+    let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), ns);
+    credentials
+        .delete("r", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    until(Duration::from_secs(15), "r deleted", || async {
+        credentials.get_opt("r").await.ok().flatten().is_none()
+    })
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let orphaned = secrets.get("r-token").await.map_err(|e| e.to_string())?;
+    if orphaned
+        .metadata
+        .owner_references
+        .is_some_and(|r| !r.is_empty())
+    {
+        return Err("the output Secret was not orphaned".into());
+    }
+    create_orphaning_credential(client, ns, server).await;
+    until(Duration::from_secs(15), "the output adopted", || async {
+        secrets
+            .get("r-token")
+            .await
+            .is_ok_and(|s| s.metadata.owner_references.is_some_and(|r| r.len() == 1))
+    })
+    .await?;
+    credentials
+        .delete("r", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    until(Duration::from_secs(15), "r deleted again", || async {
+        credentials.get_opt("r").await.ok().flatten().is_none()
+    })
+    .await
 }
 
 const ARGS: &[&str] = &[
@@ -435,6 +506,109 @@ async fn the_service_account_cannot_write_what_the_operator_never_writes() {
         let denied = try_write(&sa, &other, unrelated.clone(), false).await;
         assert!(denied.is_some(), "an arbitrary Secret in the operator's namespace");
         delete_cluster_scoped(&client, &objects).await;
+    })
+    .await;
+}
+
+/// A client acting as the user `user` (impersonated by the admin).
+async fn client_as(user: &str, file: &str) -> Client {
+    let path = kubeconfig_as(user, file);
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(path);
+    Client::try_from(config).unwrap()
+}
+
+/// Whether the client's user may `verb` `resource` in `namespace` (all
+/// namespaces when empty), as the API server answers a self-review.
+async fn may(client: &Client, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: (!namespace.is_empty()).then(|| namespace.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&Default::default(), &review)
+        .await
+        .expect("self review")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+#[tokio::test]
+async fn namespace_users_manage_credentials_through_the_standard_roles_and_gain_no_secret() {
+    with_namespace("rbac-aggregate", |client, ns| async move {
+        ensure_crd(&client).await;
+        let roles: Vec<Value> = helm_template(&ns, &operator_namespace(&ns), &[])
+            .into_iter()
+            .filter(is_aggregated)
+            .collect();
+        assert_eq!(roles.len(), 2, "a view and an edit role");
+        for role in &roles {
+            let text = role["rules"].to_string();
+            assert!(!text.contains("secrets"), "an aggregated role grants Secrets: {text}");
+            for rule in role["rules"].as_array().unwrap() {
+                assert_eq!(rule["apiGroups"], json!(["oauth.tokenoperator.io"]), "{rule}");
+            }
+        }
+        apply(&client, &roles).await;
+        let (editor, viewer) = (format!("editor-{ns}"), format!("viewer-{ns}"));
+        for (user, role) in [(&editor, "edit"), (&viewer, "view")] {
+            let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            }))
+            .unwrap();
+            Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns)
+                .create(&Default::default(), &binding)
+                .await
+                .unwrap();
+        }
+        let as_editor = client_as(&editor, &format!("{ns}-editor.kubeconfig")).await;
+        let as_viewer = client_as(&viewer, &format!("{ns}-viewer.kubeconfig")).await;
+        let group = "oauth.tokenoperator.io";
+        // The aggregation controller folds the roles in within moments.
+        eventually("edit to include OAuthCredentials", Duration::from_secs(30), || async {
+            may(&as_editor, "create", group, "oauthcredentials", &ns).await.then_some(())
+        })
+        .await;
+        let server = TokenServer::start(Duration::from_secs(3600)).await;
+        let spec = credential_spec(&server, "mine", ClientAuthentication::ClientSecretBasic);
+        Api::<OAuthCredential>::namespaced(as_editor.clone(), &ns)
+            .create(&Default::default(), &OAuthCredential::new("mine", spec))
+            .await
+            .expect("an editor creates a credential");
+        for verb in ["patch", "delete"] {
+            assert!(may(&as_editor, verb, group, "oauthcredentials", &ns).await, "edit: {verb}");
+        }
+        eventually("view to include OAuthCredentials", Duration::from_secs(30), || async {
+            may(&as_viewer, "list", group, "oauthcredentials", &ns).await.then_some(())
+        })
+        .await;
+        assert!(may(&as_viewer, "get", group, "oauthcredentials", &ns).await);
+        assert!(!may(&as_viewer, "create", group, "oauthcredentials", &ns).await);
+        assert!(!may(&as_viewer, "get", "", "secrets", &ns).await, "view reads no Secret");
+        // No Secret beyond the namespace `edit` already covers.
+        let elsewhere = operator_namespace(&ns);
+        for verb in ["get", "list", "watch"] {
+            assert!(!may(&as_editor, verb, "", "secrets", &elsewhere).await, "{verb} elsewhere");
+            assert!(!may(&as_editor, verb, "", "secrets", "").await, "{verb} cluster-wide");
+        }
+        delete_cluster_scoped(&client, &roles).await;
     })
     .await;
 }

@@ -217,3 +217,107 @@ async fn rotating_the_seal_key_reseals_every_credential_and_the_old_key_can_go()
     })
     .await;
 }
+
+/// The CLI, run off the test's runtime thread (which serves the token
+/// endpoint meanwhile).
+async fn cli(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    })
+    .await
+    .unwrap()
+}
+
+async fn sealed_with(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    status_of(client, ns, name)
+        .await
+        .refresh_token
+        .and_then(|r| r.sealed_with)
+}
+
+#[tokio::test]
+async fn a_lost_key_ring_restored_from_an_export_opens_every_token_again_and_rotate_reseals() {
+    with_namespace("seal-backup", |client, ns| async move {
+        ensure_crd(&client).await;
+        let server = TokenServer::start(Duration::from_secs(3600)).await;
+        create_client_secret(&client, &ns).await;
+        let mut operator = Operator::start(&ns);
+        let names = create_ready_credentials(&client, &ns, &server, "c", 2).await;
+        let op_ns = operator_namespace(&ns);
+        let original = sealed_with(&client, &ns, "c1").await.expect("sealedWith");
+
+        // 1. Back up.
+        let export = cli(&["keys", "export", "-n", &op_ns]).await;
+        assert!(export.status.success(), "{export:?}");
+        let backup = String::from_utf8(export.stdout).unwrap();
+        assert!(backup.contains("kind: Secret") && backup.contains("keyring.yaml"));
+        let told = String::from_utf8_lossy(&export.stderr);
+        assert!(told.contains(&format!("primary {original}")), "{told}");
+        let file = std::env::temp_dir().join(format!("{ns}-seal-keys.yaml"));
+        std::fs::write(&file, &backup).unwrap();
+
+        // 2. Lose the ring (as when the namespace goes): the operator starts
+        // with a new one, and no sealed token opens.
+        operator.stop().await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &op_ns);
+        secrets
+            .delete("oauth-token-operator-seal-keys", &Default::default())
+            .await
+            .unwrap();
+        operator.restart().await;
+        for name in &names {
+            force_refresh(&client, &ns, name, "after-loss").await;
+            let status =
+                wait_for_condition(&client, &ns, name, REAUTH_REQUIRED, "True", READY_WITHIN).await;
+            let reason = &status.condition(REAUTH_REQUIRED).unwrap().reason;
+            assert_eq!(reason, "SealedTokenUnreadable");
+        }
+        let calls = server.call_count();
+
+        // 3. Restore: every credential is Ready again, without a consent.
+        let import = cli(&["keys", "import", "-n", &op_ns, "-f", file.to_str().unwrap()]).await;
+        std::fs::remove_file(&file).unwrap();
+        assert!(import.status.success(), "{import:?}");
+        let said = String::from_utf8_lossy(&import.stdout);
+        assert!(said.contains(&format!("added: {original}")), "{said}");
+        assert!(!said.contains(&backup), "no key material is echoed");
+        for name in &names {
+            wait_for_condition(&client, &ns, name, REAUTH_REQUIRED, "False", READY_WITHIN).await;
+            wait_for_condition(&client, &ns, name, READY, "True", READY_WITHIN).await;
+        }
+        assert!(
+            server.call_count() > calls,
+            "the refreshes asked for went out"
+        );
+
+        // 4. Rotate: a new primary key, and every token re-sealed under it.
+        let rotate = cli(&["keys", "rotate", "-n", &op_ns]).await;
+        assert!(rotate.status.success(), "{rotate:?}");
+        let said = String::from_utf8_lossy(&rotate.stdout).into_owned();
+        let new_id = said
+            .split("new primary key ")
+            .nth(1)
+            .and_then(|rest| rest.split('.').next())
+            .unwrap_or_else(|| panic!("{said}"))
+            .to_string();
+        assert_ne!(new_id, original);
+        for name in &names {
+            eventually(&format!("{name} re-sealed"), READY_WITHIN, || async {
+                (sealed_with(&client, &ns, name).await.as_deref() == Some(new_id.as_str()))
+                    .then_some(())
+            })
+            .await;
+        }
+
+        // Where there is no key ring, export says how to name it.
+        let missing = cli(&["keys", "export", "-n", &ns]).await;
+        assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("--secret"));
+        assert_no_token_leaked(&client, &ns, &server, &operator).await;
+    })
+    .await;
+}

@@ -1,6 +1,6 @@
 //! The token client against a real HTTP server on 127.0.0.1 that plays every
 //! row of DESIGN §4, plus a slow answer, an oversized body, a non-JSON 5xx
-//! page, a refused connection and a redirect.
+//! page, a refused connection and a redirect. (https endpoints: `tls`.)
 
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ fn client() -> TokenClient {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(2),
         allow_insecure_loopback_http: true,
+        ..Default::default()
     })
     .expect("token client")
 }

@@ -121,8 +121,10 @@ pub fn credential_spec(
         scopes: vec!["https://www.googleapis.com/auth/gmail.send".into()],
         output: Output {
             secret_name: format!("{name}-token"),
+            ..Default::default()
         },
         refresh_before: None,
+        revoke_on_delete: false,
     }
 }
 

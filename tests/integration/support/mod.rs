@@ -1,10 +1,13 @@
 //! Shared helpers: a client for the real control plane and a temporary
 //! namespace per test, deleted afterwards even when the test fails.
 
+pub mod connect_proxy;
 pub mod fixtures;
 pub mod keepalive_server;
+pub mod node;
 pub mod objects;
 pub mod operator;
+pub mod tls;
 pub mod token_server;
 
 use std::future::Future;
@@ -80,6 +83,7 @@ where
         .catch_unwind()
         .await;
 
+    release_credentials(&client, &name).await;
     for namespace in [name.clone(), operator_namespace(&name)] {
         if let Err(e) = namespaces
             .delete(&namespace, &DeleteParams::default())
@@ -90,6 +94,30 @@ where
     }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// Takes the finalizers off the credentials left in `ns`: no operator runs
+/// any more to do the cleanup they wait for, and the namespace could not go.
+async fn release_credentials(client: &Client, ns: &str) {
+    use oauth_token_operator::resource::OAuthCredential;
+    let credentials: Api<OAuthCredential> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = credentials.list(&Default::default()).await else {
+        return;
+    };
+    for credential in list.items {
+        if credential
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+        {
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let name = credential.metadata.name.unwrap_or_default();
+            let _ = credentials
+                .patch(&name, &Default::default(), &kube::api::Patch::Merge(patch))
+                .await;
+        }
     }
 }
 

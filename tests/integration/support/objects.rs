@@ -64,3 +64,50 @@ pub fn api_for(
     };
     (api, capabilities.scope)
 }
+
+/// The path of a pinned tool (`scripts/tools path NAME`): built on first use
+/// into the cache outside the repository.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tools"))
+        .args(["path", name])
+        .output()
+        .expect("run scripts/tools");
+    assert!(
+        out.status.success(),
+        "scripts/tools path {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Applies the CRDs in `dir` (every `*.yaml`) and waits until each is
+/// established.
+pub async fn apply_crds(client: &Client, dir: &std::path::Path) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for entry in std::fs::read_dir(dir).expect("CRD directory") {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let crd: CustomResourceDefinition =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("oauth-token-operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {}: {e}", path.display()));
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established within 30 s")
+        .expect("watch CRD");
+    }
+}

@@ -18,7 +18,11 @@ pub struct Operator {
     allow_loopback_endpoints: bool,
     /// Everything every run of this operator printed.
     output: Arc<Mutex<String>>,
+    /// Where in `output` the latest run's begins.
+    run_start: usize,
     kubeconfig: Option<std::path::PathBuf>,
+    /// Environment variables set (`Some`) or removed (`None`) for the process.
+    env: Vec<(String, Option<String>)>,
 }
 
 impl Operator {
@@ -49,6 +53,22 @@ impl Operator {
         Self::spawned(namespace, namespace, extra_args, None, false)
     }
 
+    /// As `start_with`, with environment variables set (`Some`) or removed
+    /// (`None`).
+    pub fn start_with_env(
+        namespace: &str,
+        extra_args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Self {
+        let mut operator = Self::unstarted(namespace, namespace, extra_args, None, true);
+        operator.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        operator.spawn();
+        operator
+    }
+
     /// Starts the operator of `namespace` (its own namespace beside it),
     /// watching `watch` instead.
     pub fn start_watching(namespace: &str, watch: &str) -> Self {
@@ -62,21 +82,47 @@ impl Operator {
         kubeconfig: Option<&std::path::Path>,
         allow_loopback_endpoints: bool,
     ) -> Self {
-        let mut operator = Operator {
+        let mut operator = Self::unstarted(
+            namespace,
+            watch,
+            extra_args,
+            kubeconfig,
+            allow_loopback_endpoints,
+        );
+        operator.spawn();
+        operator
+    }
+
+    fn unstarted(
+        namespace: &str,
+        watch: &str,
+        extra_args: &[&str],
+        kubeconfig: Option<&std::path::Path>,
+        allow_loopback_endpoints: bool,
+    ) -> Self {
+        Operator {
             child: None,
             namespace: namespace.to_string(),
             watch: watch.to_string(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             allow_loopback_endpoints,
             output: Arc::new(Mutex::new(String::new())),
+            run_start: 0,
             kubeconfig: kubeconfig.map(|p| p.to_path_buf()),
-        };
-        operator.spawn();
-        operator
+            env: Vec::new(),
+        }
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
+        self.run_start = self.output.lock().unwrap().len();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"));
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut child = command
             .args([
                 "run",
                 "--watch-namespace",
@@ -165,11 +211,13 @@ impl Operator {
         self.spawn();
     }
 
-    /// The admin server's base URL, once the operator has logged it.
+    /// The admin server's base URL, once the operator (its latest run) has
+    /// logged it.
     pub async fn admin_url(&self) -> String {
         for _ in 0..100 {
             let output = self.output();
-            let found = output
+            // The latest run's, after a restart.
+            let found = output[self.run_start..]
                 .lines()
                 .filter(|l| l.contains("admin server listening"))
                 .find_map(|line| {

@@ -5,6 +5,10 @@
 //! It records every call and every token it issued, so tests can count calls
 //! and search the operator's output for leaked tokens.
 //!
+//! It serves plain http on a loopback port (`start`), or https with a
+//! certificate from a test CA on any address the test chooses
+//! (`start_https`), for example the local node's bridge address.
+//!
 //! It is also the authorization server for `authorize`: `GET /authorize`
 //! checks the request (PKCE S256 required) and redirects like a browser
 //! would be redirected after consent (or refusal, see `Consent`), and the
@@ -24,6 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use tokio::net::TcpListener;
+
+use super::tls::{ServerCert, TlsListener};
 
 pub const CLIENT_ID: &str = "test-client.apps.example";
 /// Reserved characters on purpose: HTTP Basic must form-encode them first
@@ -145,48 +151,116 @@ struct Inner {
     authorization_requests: Vec<Vec<(String, String)>>,
     /// Refresh tokens issued by code exchanges.
     consented: Vec<String>,
+    /// `refresh_token_expires_in` to put in every success, as Google does
+    /// for time-limited grants.
+    refresh_token_expires_in: Option<u64>,
+    /// Revocation requests (RFC 7009): the token each presented.
+    revocations: Vec<String>,
+    /// Revocation requests still to answer with 503.
+    failing_revocations: u32,
 }
 
 #[derive(Clone)]
 pub struct TokenServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     inner: Arc<Mutex<Inner>>,
     counter: Arc<AtomicU64>,
+    handshake_failures: Arc<AtomicU64>,
 }
 
 impl TokenServer {
-    /// Starts a server issuing access tokens that live `lifetime`.
+    /// Starts a plain-http server on a loopback port issuing access tokens
+    /// that live `lifetime`.
     pub async fn start(lifetime: Duration) -> Self {
-        let inner = Arc::new(Mutex::new(Inner {
-            lifetime_secs: lifetime.as_secs(),
-            scope: "https://www.googleapis.com/auth/gmail.send".into(),
-            ..Default::default()
-        }));
-        let server = TokenServer {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            inner,
-            counter: Arc::new(AtomicU64::new(1)),
-        };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind token server");
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new()
-            .route("/token", post(token))
-            .route("/authorize", axum::routing::get(authorize))
-            .with_state(server.clone());
+        let server = Self::new(lifetime, listener.local_addr().unwrap(), "http");
+        let app = server.app();
         tokio::spawn(async move {
             axum::serve(listener, app).await.expect("token server");
         });
-        TokenServer { addr, ..server }
+        server
+    }
+
+    /// Starts an https server on `bind` (port 0: any free port) with the
+    /// certificate `cert`.
+    pub async fn start_https(lifetime: Duration, bind: SocketAddr, cert: &ServerCert) -> Self {
+        let tcp = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("bind the https token server on {bind}: {e}"));
+        let server = Self::new(lifetime, tcp.local_addr().unwrap(), "https");
+        let listener = TlsListener::new(tcp, cert.acceptor(), server.handshake_failures.clone());
+        let app = server.app();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("token server");
+        });
+        server
+    }
+
+    fn new(lifetime: Duration, addr: SocketAddr, scheme: &'static str) -> Self {
+        TokenServer {
+            addr,
+            scheme,
+            inner: Arc::new(Mutex::new(Inner {
+                lifetime_secs: lifetime.as_secs(),
+                scope: "https://www.googleapis.com/auth/gmail.send".into(),
+                ..Default::default()
+            })),
+            counter: Arc::new(AtomicU64::new(1)),
+            handshake_failures: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn app(&self) -> Router {
+        Router::new()
+            .route("/token", post(token))
+            .route("/revoke", post(revoke))
+            .route("/authorize", axum::routing::get(authorize))
+            .with_state(self.clone())
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/token", self.addr)
+        format!("{}://{}/token", self.scheme, self.addr)
+    }
+
+    pub fn revocation_url(&self) -> String {
+        format!("{}://{}/revoke", self.scheme, self.addr)
+    }
+
+    /// Puts `refresh_token_expires_in` (seconds) in every success from now.
+    pub fn refresh_token_expires_in(&self, seconds: Option<u64>) {
+        self.inner.lock().unwrap().refresh_token_expires_in = seconds;
+    }
+
+    /// Answers the next `count` revocation requests with 503.
+    pub fn fail_revocations(&self, count: u32) {
+        self.inner.lock().unwrap().failing_revocations = count;
+    }
+
+    /// The token of every revocation request so far.
+    pub fn revocations(&self) -> Vec<String> {
+        self.inner.lock().unwrap().revocations.clone()
+    }
+
+    /// Whether a refresh token still works.
+    pub fn is_live(&self, refresh_token: &str) -> bool {
+        self.inner.lock().unwrap().live.contains(refresh_token)
     }
 
     pub fn authorization_url(&self) -> String {
-        format!("http://{}/authorize", self.addr)
+        format!("{}://{}/authorize", self.scheme, self.addr)
+    }
+
+    /// Access tokens issued from now on live `lifetime`.
+    pub fn set_lifetime(&self, lifetime: Duration) {
+        self.inner.lock().unwrap().lifetime_secs = lifetime.as_secs();
+    }
+
+    /// TLS handshakes that failed or timed out (https only).
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
     }
 
     /// How the next consents go.
@@ -384,6 +458,31 @@ async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Stri
     response
 }
 
+/// `POST /revoke` (RFC 7009): revokes the presented refresh token for a
+/// known client; 200 also for an unknown token, as the RFC says.
+async fn revoke(State(server): State<TokenServer>, headers: HeaderMap, body: String) -> Response {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let token = form_field(&form, "token").unwrap_or_default().to_string();
+    let mut inner = server.inner.lock().unwrap();
+    inner.revocations.push(token.clone());
+    if inner.failing_revocations > 0 {
+        inner.failing_revocations -= 1;
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "try later",
+        );
+    }
+    drop(inner);
+    if !client_is_known(&headers, &form) {
+        return unknown_client();
+    }
+    server.inner.lock().unwrap().live.remove(&token);
+    StatusCode::OK.into_response()
+}
+
 fn echoed(headers: &HeaderMap, body: &str) -> Response {
     let authorization = headers
         .get("authorization")
@@ -511,13 +610,19 @@ fn exchange(server: &TokenServer, headers: &HeaderMap, form: &[(String, String)]
             "code_verifier or redirect_uri does not match",
         );
     }
-    let lifetime = server.inner.lock().unwrap().lifetime_secs;
+    let (lifetime, grant_lifetime) = {
+        let inner = server.inner.lock().unwrap();
+        (inner.lifetime_secs, inner.refresh_token_expires_in)
+    };
     let mut body = serde_json::json!({
         "access_token": server.fresh("at"),
         "expires_in": lifetime,
         "token_type": "Bearer",
         "scope": issued.scope,
     });
+    if let Some(seconds) = grant_lifetime {
+        body["refresh_token_expires_in"] = seconds.into();
+    }
     if issued.refresh_token {
         let refresh_token = server.new_grant();
         server
@@ -552,7 +657,7 @@ fn answer(
             "only refresh_token",
         );
     }
-    let (rotate, lifetime, scope, echo_refresh_token) = {
+    let (rotate, lifetime, scope, echo_refresh_token, grant_lifetime) = {
         let mut inner = server.inner.lock().unwrap();
         let grant = inner.grants.get(refresh_token).copied();
         if let Some(retired_at) = inner.retired.get(refresh_token).copied() {
@@ -584,6 +689,7 @@ fn answer(
             inner.lifetime_secs,
             inner.scope.clone(),
             inner.echo_refresh_token,
+            inner.refresh_token_expires_in,
         )
     };
     let access = server.fresh("at");
@@ -593,6 +699,9 @@ fn answer(
         "token_type": "Bearer",
         "scope": scope,
     });
+    if let Some(seconds) = grant_lifetime {
+        body["refresh_token_expires_in"] = seconds.into();
+    }
     if rotate {
         let next = server.fresh("rt");
         let mut inner = server.inner.lock().unwrap();
