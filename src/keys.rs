@@ -6,6 +6,7 @@
 //! `seal`. The ring is re-read every `RELOAD_INTERVAL`; a change re-reconciles
 //! every credential so that values under a non-primary key are re-sealed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -126,6 +127,29 @@ async fn read(client: &Client, source: &KeySource) -> Result<Option<KeyRing>, Ke
         .map_err(|error| KeysError::Invalid { source_name, error })
 }
 
+/// The key-ring Secret holding `ring`, labelled as the operator's.
+pub fn ring_secret(namespace: &str, name: &str, ring: &KeyRing) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into()),
+            ..Default::default()
+        },
+        data: Some(ring_data(ring)),
+        ..Default::default()
+    }
+}
+
+/// A key-ring Secret's data: `ring` under `KEY_RING_KEY`.
+pub fn ring_data(ring: &KeyRing) -> BTreeMap<String, ByteString> {
+    [(
+        KEY_RING_KEY.to_string(),
+        ByteString(ring.to_yaml().expose_secret().as_bytes().to_vec()),
+    )]
+    .into()
+}
+
 async fn create_secret(
     client: &Client,
     namespace: &str,
@@ -134,22 +158,7 @@ async fn create_secret(
 ) -> Result<KeyRing, KeysError> {
     let id = crate::seal::new_key_id(now);
     let ring = KeyRing::generate(&id);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into()),
-            ..Default::default()
-        },
-        data: Some(
-            [(
-                KEY_RING_KEY.to_string(),
-                ByteString(ring.to_yaml().expose_secret().as_bytes().to_vec()),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
+    let secret = ring_secret(namespace, name, &ring);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {

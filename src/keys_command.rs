@@ -11,14 +11,14 @@ use std::path::PathBuf;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::api_error::ApiError;
-use crate::keys::KEY_RING_KEY;
+use crate::keys::{self, KEY_RING_KEY};
 use crate::output_secret::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::seal::{KeyRing, KeyRingError};
 
@@ -172,7 +172,7 @@ pub async fn import(client: &Client, target: &Target, backup: KeyRing) -> Result
     let Some((secret, live)) = read(client, target).await? else {
         let ids = backup.key_ids().join(", ");
         let primary = backup.primary().to_string();
-        let secret = new_secret(target, &backup);
+        let secret = keys::ring_secret(&target.namespace, &target.secret, &backup);
         let what = format!("cannot create Secret {target}");
         secrets
             .create(&PostParams::default(), &secret)
@@ -215,28 +215,6 @@ pub async fn rotate(client: &Client, target: &Target, now: Timestamp) -> Result<
     Ok(id)
 }
 
-fn new_secret(target: &Target, ring: &KeyRing) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(target.secret.clone()),
-            namespace: Some(target.namespace.clone()),
-            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into()),
-            ..Default::default()
-        },
-        data: Some(ring_data(ring)),
-        ..Default::default()
-    }
-}
-
-fn ring_data(ring: &KeyRing) -> BTreeMap<String, ByteString> {
-    let yaml: SecretString = ring.to_yaml();
-    [(
-        KEY_RING_KEY.to_string(),
-        ByteString(yaml.expose_secret().as_bytes().to_vec()),
-    )]
-    .into()
-}
-
 /// Replaces the ring under the `resourceVersion` it was read at: a
 /// concurrent change is never overwritten.
 async fn write(
@@ -248,7 +226,7 @@ async fn write(
     secret
         .data
         .get_or_insert_with(BTreeMap::new)
-        .extend(ring_data(ring));
+        .extend(keys::ring_data(ring));
     let what = format!("cannot write Secret {target}");
     match secrets
         .replace(&target.secret, &PostParams::default(), &secret)
