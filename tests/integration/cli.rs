@@ -12,21 +12,7 @@ use serde_json::json;
 use crate::support::fixtures::*;
 use crate::support::operator::Operator;
 use crate::support::token_server::TokenServer;
-use crate::support::with_namespace;
-
-/// Runs the CLI off the test's runtime thread, which serves the token
-/// endpoint meanwhile.
-async fn run(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
-            .args(args)
-            .output()
-            .expect("run the CLI")
-    })
-    .await
-    .unwrap()
-}
+use crate::support::{run_cli as run, with_namespace};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::support::fixtures::*;
 use crate::support::operator::Operator;
 use crate::support::token_server::TokenServer;
-use crate::support::{eventually, operator_namespace, with_namespace};
+use crate::support::{eventually, operator_namespace, run_cli as cli, with_namespace};
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -216,20 +216,6 @@ async fn rotating_the_seal_key_reseals_every_credential_and_the_old_key_can_go()
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
-}
-
-/// The CLI, run off the test's runtime thread (which serves the token
-/// endpoint meanwhile).
-async fn cli(args: &[&str]) -> std::process::Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
-            .args(args)
-            .output()
-            .expect("run the CLI")
-    })
-    .await
-    .unwrap()
 }
 
 async fn sealed_with(client: &kube::Client, ns: &str, name: &str) -> Option<String> {

@@ -45,6 +45,20 @@ pub async fn client() -> Client {
     client
 }
 
+/// Runs the CLI (`oauth-token-operator ARGS`) off the test's runtime thread,
+/// which serves the token endpoint meanwhile.
+pub async fn run_cli(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oauth-token-operator"))
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    })
+    .await
+    .unwrap()
+}
+
 /// The namespace the operator of a test in `ns` runs in (its seal keys, its
 /// Lease): never the credentials' namespace, which the operator refuses to
 /// serve. `with_namespace` creates it along with `ns`.
