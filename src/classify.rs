@@ -453,17 +453,20 @@ mod tests {
         "2026-11-21T19:00:00Z".parse().unwrap()
     }
 
+    /// A complete answer with no Retry-After, to a request that sent nothing
+    /// secret.
+    fn reply(status: u16, body: &str) -> Answer<'_> {
+        Answer {
+            status,
+            retry_after: None,
+            body: body.as_bytes(),
+            truncated: false,
+            sent_secrets: &[],
+        }
+    }
+
     fn answer(status: u16, body: &str) -> Result<Token, Failure> {
-        classify(
-            &Answer {
-                status,
-                retry_after: None,
-                body: body.as_bytes(),
-                truncated: false,
-                sent_secrets: &[],
-            },
-            now(),
-        )
+        classify(&reply(status, body), now())
     }
 
     #[test]
@@ -509,18 +512,7 @@ mod tests {
 
     #[test]
     fn a_revocation_succeeds_on_200_and_on_an_already_invalid_token() {
-        let revocation = |status: u16, body: &str| {
-            classify_revocation(
-                &Answer {
-                    status,
-                    retry_after: None,
-                    body: body.as_bytes(),
-                    truncated: false,
-                    sent_secrets: &[],
-                },
-                now(),
-            )
-        };
+        let revocation = |status: u16, body: &str| classify_revocation(&reply(status, body), now());
         assert!(revocation(200, "").is_ok());
         assert!(revocation(400, r#"{"error":"invalid_token"}"#).is_ok());
         let failure = revocation(503, "").unwrap_err();
