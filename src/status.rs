@@ -177,7 +177,7 @@ pub fn after_failure(old: Option<&OAuthCredentialStatus>, f: Failed<'_>) -> OAut
     if let Some(forced) = attempt.forced {
         status.last_forced_refresh = Some(forced.to_string());
     }
-    status.last_failure = Some(Failure {
+    status.last_failure = Some(Box::new(Failure {
         time: Time(now),
         category: problem.category,
         reason: problem.reason.to_string(),
@@ -187,7 +187,7 @@ pub fn after_failure(old: Option<&OAuthCredentialStatus>, f: Failed<'_>) -> OAut
         error_subtype: problem.provider.subtype.clone(),
         http_status: problem.http_status,
         inputs: attempt.inputs,
-    });
+    }));
 
     set_ready_after_failure(&mut status, &problem, now, generation);
     set_reauth_after_failure(&mut status, problem, now, generation);

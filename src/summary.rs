@@ -337,7 +337,7 @@ mod tests {
             expires_at: Some(Time(ts("2026-11-21T11:58:00Z"))),
             refresh_at: None,
             failed_attempts: 1,
-            last_failure: Some(Failure {
+            last_failure: Some(Box::new(Failure {
                 time: Time(ts("2026-11-21T09:00:00Z")),
                 category: FailureCategory::ReauthRequired,
                 reason: "InvalidGrant".into(),
@@ -347,7 +347,7 @@ mod tests {
                 error_subtype: None,
                 http_status: Some(400),
                 inputs: Inputs::default(),
-            }),
+            })),
             ..Default::default()
         }
     }

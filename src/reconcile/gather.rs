@@ -83,8 +83,8 @@ impl Context {
     ) -> Result<OutputSecret, Error> {
         let ns = credential.namespace().unwrap_or_default();
         let name = &credential.spec.output.secret_name;
-        let meta = match self.owned_secrets.get(&ObjectRef::new(name).within(&ns)) {
-            Some(cached) => Some(cached.metadata.clone()),
+        let meta = match self.owned_secrets.get(&ns, name) {
+            Some(cached) => Some(cached),
             None => self
                 .secrets(&ns)
                 .get_metadata_opt(name)

@@ -46,7 +46,8 @@ pub(super) struct OutputRecord {
     pub data_hash: String,
     /// The token last written, and the credential (uid and generation) it
     /// was written for; `None` after a restart or an adoption.
-    pub written: Option<(Refreshed, Written)>,
+    /// Boxed: most of the record's size, and absent after a restart.
+    pub written: Option<Box<(Refreshed, Written)>>,
 }
 
 /// Which credential, in which generation, a token was written for: a
@@ -68,22 +69,22 @@ impl Written {
 
 impl Memory {
     pub(super) fn keep_unstored_rotation(&self, credential: &OAuthCredential, token: SecretString) {
-        lock(&self.unstored_rotations).insert(ObjectRef::from_obj(credential), token);
+        lock(&self.unstored_rotations).insert(key(credential), token);
     }
 
     pub(super) fn take_unstored_rotation(
         &self,
         credential: &OAuthCredential,
     ) -> Option<SecretString> {
-        lock(&self.unstored_rotations).remove(&ObjectRef::from_obj(credential))
+        lock(&self.unstored_rotations).remove(&key(credential))
     }
 
     pub(super) fn keep_pending_output(&self, credential: &OAuthCredential, refreshed: Refreshed) {
-        lock(&self.pending_outputs).insert(ObjectRef::from_obj(credential), refreshed);
+        lock(&self.pending_outputs).insert(key(credential), refreshed);
     }
 
     pub(super) fn take_pending_output(&self, credential: &OAuthCredential) -> Option<Refreshed> {
-        lock(&self.pending_outputs).remove(&ObjectRef::from_obj(credential))
+        lock(&self.pending_outputs).remove(&key(credential))
     }
 
     /// Remembers a write of the output Secret: its new version, the hash of
@@ -96,7 +97,7 @@ impl Memory {
         written: Option<(Refreshed, Written)>,
     ) {
         let mut outputs = lock(&self.outputs);
-        let key = ObjectRef::from_obj(credential);
+        let key = key(credential);
         let superseded = outputs.remove(&key).map(|r| r.version);
         outputs.insert(
             key,
@@ -104,7 +105,7 @@ impl Memory {
                 version,
                 superseded,
                 data_hash,
-                written,
+                written: written.map(Box::new),
             },
         );
     }
@@ -119,7 +120,7 @@ impl Memory {
         data_hash: Option<&str>,
     ) -> Option<()> {
         let mut outputs = lock(&self.outputs);
-        let key = ObjectRef::from_obj(credential);
+        let key = key(credential);
         match outputs.get(&key) {
             Some(r) if r.version == version || r.superseded.as_deref() == Some(version) => Some(()),
             Some(_) => None,
@@ -141,14 +142,14 @@ impl Memory {
     /// The hash of the data the output Secret should hold.
     pub(super) fn output_hash(&self, credential: &OAuthCredential) -> Option<String> {
         lock(&self.outputs)
-            .get(&ObjectRef::from_obj(credential))
+            .get(&key(credential))
             .map(|r| r.data_hash.clone())
     }
 
     /// Marks `version` as checked: its data is ours (someone changed only
     /// metadata).
     pub(super) fn output_checked(&self, credential: &OAuthCredential, version: String) {
-        if let Some(record) = lock(&self.outputs).get_mut(&ObjectRef::from_obj(credential)) {
+        if let Some(record) = lock(&self.outputs).get_mut(&key(credential)) {
             record.version = version;
         }
     }
@@ -179,27 +180,22 @@ impl Memory {
         f: impl FnOnce(&Refreshed) -> T,
     ) -> Option<T> {
         let outputs = lock(&self.outputs);
-        let (refreshed, written_for) = outputs
-            .get(&ObjectRef::from_obj(credential))?
-            .written
-            .as_ref()?;
+        let (refreshed, written_for) = outputs.get(&key(credential))?.written.as_deref()?;
         (*written_for == Written::of(credential) && refreshed.expires_at > now)
             .then(|| f(refreshed))
     }
 
     /// Forgets the output Secret of a credential (it was orphaned).
     pub(super) fn forget_output(&self, credential: &OAuthCredential) {
-        lock(&self.outputs).remove(&ObjectRef::from_obj(credential));
+        lock(&self.outputs).remove(&key(credential));
     }
 
     pub(super) fn inspected(&self, credential: &OAuthCredential) -> Option<String> {
-        lock(&self.inspected)
-            .get(&ObjectRef::from_obj(credential))
-            .cloned()
+        lock(&self.inspected).get(&key(credential)).cloned()
     }
 
     pub(super) fn mark_inspected(&self, credential: &OAuthCredential, version: String) {
-        lock(&self.inspected).insert(ObjectRef::from_obj(credential), version);
+        lock(&self.inspected).insert(key(credential), version);
     }
 
     pub(super) fn wrote(
@@ -208,7 +204,7 @@ impl Memory {
         status: OAuthCredentialStatus,
         at: Instant,
     ) {
-        lock(&self.written).insert(ObjectRef::from_obj(credential), (status, at));
+        lock(&self.written).insert(key(credential), (status, at));
     }
 
     /// The status last written for `credential`, if younger than `max_age`
@@ -220,7 +216,7 @@ impl Memory {
         now: Instant,
         max_age: std::time::Duration,
     ) -> Option<OAuthCredentialStatus> {
-        let key = ObjectRef::from_obj(credential);
+        let key = key(credential);
         let mut written = lock(&self.written);
         let (expected, at) = written.get(&key)?;
         if cached == Some(expected) || now.saturating_duration_since(*at) > max_age {
@@ -236,24 +232,21 @@ impl Memory {
         credential: &OAuthCredential,
     ) -> Option<OAuthCredentialStatus> {
         lock(&self.written)
-            .get(&ObjectRef::from_obj(credential))
+            .get(&key(credential))
             .map(|(status, _)| status.clone())
     }
 
     /// Counts a credential as scheduled by this process.
     pub(super) fn mark_scheduled(&self, credential: &OAuthCredential, metrics: &Metrics) {
         let mut scheduled = lock(&self.scheduled);
-        if scheduled.insert(ObjectRef::from_obj(credential)) {
+        if scheduled.insert(key(credential)) {
             metrics.set_scheduled(scheduled.len());
         }
     }
 
     /// Forgets everything about credentials that are gone.
     pub(super) fn forget_deleted(&self, present: &[Arc<OAuthCredential>], metrics: &Metrics) {
-        let present: HashSet<Key> = present
-            .iter()
-            .map(|c| ObjectRef::from_obj(c.as_ref()))
-            .collect();
+        let present: HashSet<Key> = present.iter().map(|c| key(c.as_ref())).collect();
         lock(&self.unstored_rotations).retain(|key, _| present.contains(key));
         lock(&self.inspected).retain(|key, _| present.contains(key));
         lock(&self.written).retain(|key, _| present.contains(key));
@@ -274,6 +267,17 @@ impl Memory {
             ("scheduled", lock(&self.scheduled).len()),
             ("pending_outputs", lock(&self.pending_outputs).len()),
         ]
+    }
+}
+
+/// A credential's key in these maps: namespace and name only (a key made by
+/// `ObjectRef::from_obj` also carries the uid and resourceVersion, two more
+/// strings per entry per map, which lookups ignore).
+fn key(credential: &OAuthCredential) -> Key {
+    let name = credential.metadata.name.as_deref().unwrap_or_default();
+    match credential.metadata.namespace.as_deref() {
+        Some(namespace) => ObjectRef::new(name).within(namespace),
+        None => ObjectRef::new(name),
     }
 }
 

@@ -26,6 +26,7 @@ mod gather;
 mod lifecycle;
 mod memory;
 mod output;
+mod owned_outputs;
 mod refresh;
 mod sealing;
 mod watches;
@@ -38,9 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::DefaultKeyedRateLimiter;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
@@ -74,7 +73,7 @@ pub struct Context {
     tokens: TokenClient,
     recorder: Recorder,
     credentials: Store<OAuthCredential>,
-    owned_secrets: Store<PartialObjectMeta<Secret>>,
+    owned_secrets: owned_outputs::OwnedOutputs,
     references: SecretReferences,
     keys: Keys,
     fence: Fence,

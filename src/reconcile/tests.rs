@@ -233,7 +233,7 @@ fn context(client: Client) -> Arc<Context> {
         memory: Default::default(),
     };
     let (credentials, _) = reflector::store();
-    let (owned, mut owned_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    let owned = super::owned_outputs::OwnedOutputs::default();
     let output = PartialObjectMeta::<Secret> {
         metadata: ObjectMeta {
             name: Some("out".into()),
@@ -250,7 +250,7 @@ fn context(client: Client) -> Arc<Context> {
         },
         ..Default::default()
     };
-    owned_writer.apply_watcher_event(&watcher::Event::Apply(output));
+    owned.apply(&watcher::Event::Apply(output));
     let references = SecretReferences::default();
     references.remember(NS, "client", "5", Some(InputKind::Client));
     references.remember(NS, "refresh", "7", Some(InputKind::RefreshToken));

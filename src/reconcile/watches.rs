@@ -21,6 +21,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::debug;
 
+use super::owned_outputs::OwnedOutputs;
 use super::{Context, FIELD_MANAGER, error_policy, memory::Memory, reconcile};
 use crate::admin::Health;
 use crate::backlog::Backlog;
@@ -116,7 +117,7 @@ impl Context {
         config: &ControllerConfig,
         keys: Keys,
         credentials: Store<OAuthCredential>,
-        owned_secrets: Store<PartialObjectMeta<Secret>>,
+        owned_secrets: OwnedOutputs,
         references: SecretReferences,
     ) -> Self {
         let reporter = Reporter {
@@ -168,11 +169,11 @@ pub async fn run(
         rx.recv().await.map(|r| (r, rx))
     });
     let (credentials, credentials_writer) = reflector::store();
-    let (owned_secrets, owned_writer) = reflector::store();
+    let owned_secrets = OwnedOutputs::default();
     let (credentials_api, secrets_api) = apis(&client, config.watch_namespace.as_deref());
     let credential_stream =
         credential_watch(credentials_api, credentials_writer, &references, &config);
-    let owned_stream = owned_watch(secrets_api.clone(), owned_writer, &config);
+    let owned_stream = owned_watch(secrets_api.clone(), owned_secrets.clone(), &config);
     let inputs = futures::stream::select(
         input_watch(
             secrets_api.clone(),
@@ -295,10 +296,10 @@ fn credential_watch(
         .applied_objects()
 }
 
-/// The metadata of the output Secrets this operator labels, cached.
+/// The metadata of the output Secrets this operator labels, kept in `owned`.
 fn owned_watch(
     api: Api<PartialObjectMeta<Secret>>,
-    writer: reflector::store::Writer<PartialObjectMeta<Secret>>,
+    owned: OwnedOutputs,
     config: &ControllerConfig,
 ) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + use<> {
     let health = config.health.clone();
@@ -314,8 +315,7 @@ fn owned_watch(
                 |s: &PartialObjectMeta<Secret>| s.labels().get(CREDENTIAL_LABEL).cloned();
             std::future::ready(in_scope(&scope, event, credential))
         })
-        .modify(strip_cached_fields)
-        .reflect(writer)
+        .inspect_ok(move |event| owned.apply(event))
         .touched_objects()
 }
 
