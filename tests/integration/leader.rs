@@ -100,19 +100,27 @@ async fn a_killed_leader_is_replaced_within_the_lease_duration_and_no_grant_is_e
         let calls = server.calls();
         assert!(calls.iter().all(|c| c.status == 200), "every exchange succeeded");
         // Punctuality: per grant, no gap between refreshes exceeds the time a
-        // token lives before its scheduled refresh plus one lease duration.
+        // token lives before its scheduled refresh, plus the longest takeover
+        // (asserted above to be at most the lease duration and 2 s), plus 2 s
+        // for the new leader to start, list and reconcile. (A bound of one
+        // lease duration and 1 s failed runs in which a kill landed just
+        // before a refresh was due and the takeover took 9.0 s.)
         let mut by_grant: HashMap<u64, Vec<SystemTime>> = HashMap::new();
         for call in &calls {
             by_grant.entry(call.grant.expect("known grant")).or_default().push(call.at);
         }
+        let longest_takeover = takeovers.iter().copied().max().unwrap_or_default();
+        let mut longest = Duration::ZERO;
         for (grant, times) in &by_grant {
             for pair in times.windows(2) {
                 let gap = pair[1].duration_since(pair[0]).unwrap();
+                longest = longest.max(gap);
                 // Refreshes are scheduled when a third of the lifetime is left.
-                let allowed = LIFETIME * 2 / 3 + LEASE + Duration::from_secs(1);
-                assert!(gap <= allowed, "grant {grant}: {gap:?} between refreshes, more than {allowed:?}");
+                let allowed = LIFETIME * 2 / 3 + longest_takeover + Duration::from_secs(2);
+                assert!(gap <= allowed, "grant {grant}: {gap:?} between refreshes, more than {allowed:?} (takeovers after {takeovers:?})");
             }
         }
+        eprintln!("longest gap between two refreshes of one grant: {longest:?}");
         let reuses = server.reuses();
         eprintln!(
             "{} refreshes, {round} kills, takeovers after {takeovers:?}, {} grace reuses after {reuses:?}",
