@@ -85,7 +85,8 @@ pub struct Args {
     #[arg(long = "operator-env")]
     pub operator_env: Vec<String>,
     /// Run the operator under this command (split on spaces), e.g.
-    /// `heaptrack -o /tmp/operator` for a heap profile.
+    /// `heaptrack` for a heap profile of each start (heaptrack names its
+    /// files after the pid). RSS and CPU are then the wrapper's.
     #[arg(long)]
     pub operator_wrapper: Option<String>,
     /// Also run a peer doing the same job: `eso`.

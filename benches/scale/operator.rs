@@ -42,11 +42,24 @@ impl Process {
         }
     }
 
-    /// SIGTERM, as Kubernetes stops a pod, then wait (30 s at most).
+    /// SIGTERM, as Kubernetes stops a pod, then wait (30 s at most). A child
+    /// that leads its own process group (a wrapped operator) gets it with
+    /// its whole group.
     pub async fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let pid = self.child.id();
+        let leads_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+                Some(fields.get(2)? == &pid.to_string())
+            })
+            .unwrap_or(false);
+        let target = if leads_group {
+            format!("-{pid}")
+        } else {
+            pid.to_string()
+        };
+        let _ = Command::new("kill").args(["-TERM", "--", &target]).status();
         for _ in 0..300 {
             if self.child.try_wait().ok().flatten().is_some() {
                 self.sampler.follow(self.role, 0);
@@ -75,6 +88,10 @@ pub fn start(args: &Args, config: &OperatorConfig, sampler: &Sampler) -> Process
             let mut words = wrapper.split_whitespace();
             let mut command = Command::new(words.next().expect("a wrapper command"));
             command.args(words).arg(binary);
+            // A process group of its own, so that the SIGTERM of a restart
+            // reaches the operator under the wrapper (heaptrack runs it as
+            // a child) and not only the wrapper.
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
             command
         }
         None => Command::new(binary),
