@@ -19,6 +19,9 @@ pub struct Process {
     child: Child,
     sampler: Sampler,
     role: &'static str,
+    /// Started as the leader of its own process group (a wrapped
+    /// operator): signalled with the whole group.
+    pub signal_group: bool,
 }
 
 impl Process {
@@ -39,22 +42,14 @@ impl Process {
             child,
             sampler: sampler.clone(),
             role,
+            signal_group: false,
         }
     }
 
-    /// SIGTERM, as Kubernetes stops a pod, then wait (30 s at most). A child
-    /// that leads its own process group (a wrapped operator) gets it with
-    /// its whole group.
+    /// SIGTERM, as Kubernetes stops a pod, then wait (30 s at most).
     pub async fn stop(&mut self) {
         let pid = self.child.id();
-        let leads_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
-                Some(fields.get(2)? == &pid.to_string())
-            })
-            .unwrap_or(false);
-        let target = if leads_group {
+        let target = if self.signal_group {
             format!("-{pid}")
         } else {
             pid.to_string()
@@ -112,7 +107,9 @@ pub fn start(args: &Args, config: &OperatorConfig, sampler: &Sampler) -> Process
         .args(["--concurrency", &args.concurrency.to_string()])
         .env("KUBECONFIG", &config.kubeconfig)
         .env("RUST_LOG", "info");
-    Process::spawn(command, &config.log, "operator", sampler)
+    let mut process = Process::spawn(command, &config.log, "operator", sampler);
+    process.signal_group = args.operator_wrapper.is_some();
+    process
 }
 
 /// The operator's Prometheus text, if its admin server answers.

@@ -84,7 +84,7 @@ impl Context {
         let ns = credential.namespace().unwrap_or_default();
         let name = &credential.spec.output.secret_name;
         let meta = match self.owned_secrets.get(&ns, name) {
-            Some(cached) => Some(cached),
+            cached @ Some(_) => cached,
             None => self
                 .secrets(&ns)
                 .get_metadata_opt(name)
